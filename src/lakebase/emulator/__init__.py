@@ -1,0 +1,7 @@
+"""A local Lakebase: real Postgres behind a TLS token-checking proxy, a Databricks-compatible REST
+API for the unmodified databricks-sdk, the databricks_auth extension, and fault injection."""
+
+from .core import Emulator
+from .faults import ConfigError, EmulatorConfig
+
+__all__ = ["ConfigError", "Emulator", "EmulatorConfig"]

@@ -1,0 +1,494 @@
+"""The emulator: Postgres + TLS auth proxy + workspace REST API, wired together.
+
+``Runtime`` lives on the emulator's event loop and is what the proxy and the REST API talk to.
+``Emulator`` is the public, thread-safe handle: it runs the loop in a background thread, starts and
+stops everything, writes ``user.env`` / ``app.env``, and exposes faults, config and stats as plain
+methods (the same operations the admin HTTP API offers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .faults import ConfigError, CredentialOutage, EmulatorConfig, Stats
+from .postgres import SUPERUSER, PostgresServer
+from .state import DEFAULT_DATABASE, IDLE, Endpoint, Identity, Workspace
+from .tls import ensure_certificates, server_context
+from .tokens import DATABASE_AUDIENCE, Claims, TokenAuthority
+
+log = logging.getLogger("lakebase.emulator")
+T = TypeVar("T")
+
+SUPERUSER_GROUP = "databricks_superuser"
+EXTENSION_SOURCE = Path(__file__).with_name("pg_extension")
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    name: str
+    can_login: bool
+    identity_type: str | None  # USER / SERVICE_PRINCIPAL / GROUP when registered for OAuth
+    superuser_member: bool = False
+
+
+class Runtime:
+    """State and operations shared by the proxy and the REST API; used on the event loop only."""
+
+    def __init__(self, data_dir: Path, config: EmulatorConfig) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.stats = Stats()
+        self.outage = CredentialOutage()
+        self.workspace = Workspace.load_or_create(data_dir / "workspace.json")
+        self.api_url = ""  # set once the API listens
+        self.pg_port = 0  # the proxy's port
+        self.tokens = TokenAuthority(data_dir / "signing-key.pem", issuer=f"lakebase-emulator/{self.workspace.workspace_id}")
+        self.ca_path, cert, key = ensure_certificates(data_dir)
+        self.ssl_context = server_context(cert, key)
+        self.identities_file = data_dir / "identities.json"
+        self.extension_dir = data_dir / "pg_extension"
+        self.pg = PostgresServer(
+            data_dir / "pgdata",
+            self.extension_dir,
+            settings={
+                "databricks_auth.identities_file": str(self.identities_file),
+                "max_connections": "220",
+                "fsync": "off",  # a local emulator: speed over crash safety (clean stops persist all)
+                "listen_addresses": "",
+                "log_min_messages": "warning",
+            },
+        )
+        self.proxy: Any = None  # lakebase.emulator.proxy.Proxy, set by Emulator
+        self._admin: Any = None
+        self._role_cache: dict[str, tuple[float, RoleInfo]] = {}
+        self._restart_until = 0.0
+
+    # ---- files the server reads --------------------------------------------------------------
+    def write_server_files(self) -> None:
+        ext = self.extension_dir / "extension"
+        ext.mkdir(parents=True, exist_ok=True)
+        for src in EXTENSION_SOURCE.iterdir():
+            if src.suffix in (".control", ".sql"):
+                shutil.copyfile(src, ext / src.name)
+                (ext / src.name).chmod(0o644)
+        self.write_identities_file()
+
+    def write_identities_file(self) -> None:
+        tmp = self.identities_file.with_suffix(".tmp")
+        tmp.write_text(self.workspace.identities_file_content())
+        tmp.chmod(0o644)
+        tmp.replace(self.identities_file)
+
+    # ---- admin SQL (superuser over the Unix socket) --------------------------------------------
+    async def open_admin(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        self._admin = AsyncConnectionPool(
+            kwargs={**self.pg.connect_kwargs(), "autocommit": True, "application_name": "lakebase-emulator"},
+            min_size=1, max_size=4, open=False, check=AsyncConnectionPool.check_connection,
+        )
+        await self._admin.open(wait=True, timeout=30)
+
+    async def close_admin(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    async def admin_query(self, sql: str, params: tuple[Any, ...] = (), dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        if dbname == "postgres":
+            async with self._admin.connection() as conn:
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall() if cur.description else []
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(
+            **self.pg.connect_kwargs(dbname=dbname), autocommit=True  # type: ignore[arg-type]
+        ) as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall() if cur.description else []
+
+    async def bootstrap(self) -> None:
+        """Idempotent: the owner group, the owner's role and the default database exist."""
+        owner = self.workspace.owner.name
+        await self.admin_query(
+            f"""DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SUPERUSER_GROUP}') THEN
+                    CREATE ROLE {SUPERUSER_GROUP} NOLOGIN CREATEDB CREATEROLE BYPASSRLS;
+                    GRANT pg_read_all_data, pg_write_all_data, pg_monitor, pg_signal_backend
+                        TO {SUPERUSER_GROUP} WITH ADMIN OPTION;
+                END IF;
+            END $$"""
+        )
+        if not await self.role_info(owner, cached=False):
+            await self.admin_query(f'CREATE ROLE "{owner}" LOGIN CREATEDB CREATEROLE INHERIT')
+            await self.admin_query(f'GRANT {SUPERUSER_GROUP} TO "{owner}" WITH ADMIN OPTION')
+            await self.admin_query(f"ALTER ROLE \"{owner}\" SET databricks_auth.identity_type = 'USER'")
+        rows = await self.admin_query("SELECT 1 FROM pg_database WHERE datname = %s", (DEFAULT_DATABASE,))
+        if not rows:
+            await self.admin_query(f"CREATE DATABASE {DEFAULT_DATABASE} OWNER {SUPERUSER_GROUP}")
+            await self.admin_query(f"GRANT ALL ON DATABASE {DEFAULT_DATABASE} TO {SUPERUSER_GROUP}")
+
+    # ---- roles and databases (Postgres is the source of truth) -----------------------------------
+    _ROLE_SQL = """
+        SELECT r.rolname, r.rolcanlogin,
+               (SELECT substr(c, length('databricks_auth.identity_type=') + 1)
+                  FROM pg_db_role_setting s, unnest(s.setconfig) c
+                 WHERE s.setrole = r.oid AND s.setdatabase = 0
+                   AND c LIKE 'databricks_auth.identity_type=%%' LIMIT 1),
+               pg_has_role(r.oid, '""" + SUPERUSER_GROUP + """', 'MEMBER')
+          FROM pg_roles r"""
+
+    async def role_info(self, role: str, cached: bool = True) -> RoleInfo | None:
+        now = time.monotonic()
+        hit = self._role_cache.get(role)
+        if cached and hit and now - hit[0] < 2.0:
+            return hit[1]
+        rows = await self.admin_query(self._ROLE_SQL + " WHERE r.rolname = %s", (role,))
+        if not rows:
+            self._role_cache.pop(role, None)
+            return None
+        name, can_login, itype, member = rows[0]
+        info = RoleInfo(name, bool(can_login), itype, bool(member))
+        if itype:
+            self._role_cache[role] = (now, info)
+        return info
+
+    async def list_roles(self) -> list[RoleInfo]:
+        rows = await self.admin_query(
+            self._ROLE_SQL + " WHERE r.rolname !~ '^pg_' AND r.rolname <> %s ORDER BY r.rolname", (SUPERUSER,)
+        )
+        return [RoleInfo(n, bool(c), t, bool(m)) for n, c, t, m in rows]
+
+    async def list_databases(self) -> list[tuple[str, str]]:
+        """(name, owner) of the user databases."""
+        return [
+            (n, o)
+            for n, o in await self.admin_query(
+                "SELECT d.datname, pg_get_userbyid(d.datdba) FROM pg_database d "
+                "WHERE NOT d.datistemplate AND d.datname <> 'postgres' ORDER BY 1"
+            )
+        ]
+
+    async def create_role(self, identity: str, identity_type: str, *, createdb: bool = False,
+                          createrole: bool = False, bypassrls: bool = False,
+                          superuser_member: bool = False, auth_method: str = "LAKEBASE_OAUTH_V1") -> RoleInfo:
+        """What the roles API does; raises ValueError with a user-facing message on bad input."""
+        from psycopg import sql
+
+        if await self.role_info(identity, cached=False):
+            raise FileExistsError(f'role "{identity}" already exists')
+        attrs = ["LOGIN" if auth_method != "NO_LOGIN" else "NOLOGIN", "INHERIT"]
+        attrs += ["CREATEDB" if createdb else "NOCREATEDB", "CREATEROLE" if createrole else "NOCREATEROLE"]
+        attrs += ["BYPASSRLS"] if bypassrls else []
+        await self.admin_query(sql.SQL("CREATE ROLE {} " + " ".join(attrs)).format(sql.Identifier(identity)).as_string())
+        if auth_method == "LAKEBASE_OAUTH_V1":
+            await self.admin_query(
+                sql.SQL("ALTER ROLE {} SET databricks_auth.identity_type = {}").format(
+                    sql.Identifier(identity), sql.Literal(identity_type.upper())
+                ).as_string()
+            )
+        if superuser_member:
+            await self.admin_query(sql.SQL("GRANT {} TO {}").format(
+                sql.Identifier(SUPERUSER_GROUP), sql.Identifier(identity)).as_string())
+        info = await self.role_info(identity, cached=False)
+        assert info is not None
+        return info
+
+    # ---- credentials ---------------------------------------------------------------------------
+    def issue_credential(self, identity: Identity, ttl_seconds: float | None = None) -> tuple[str, Claims]:
+        lifetime = self.config.token_ttl_seconds
+        if ttl_seconds is not None:
+            lifetime = min(lifetime, ttl_seconds)
+        token, claims = self.tokens.issue(identity.name, DATABASE_AUDIENCE, lifetime)
+        self.stats.credentials_issued += 1
+        return token, claims
+
+    # ---- faults --------------------------------------------------------------------------------
+    def configure(self, values: dict[str, Any]) -> dict[str, Any]:
+        return self.config.update(values)
+
+    def expire_tokens(self) -> None:
+        self.tokens.revoke_issued_before(DATABASE_AUDIENCE)
+
+    def start_outage(self, seconds: float, status: int = 503) -> None:
+        self.outage.start(seconds, status)
+
+    @property
+    def restarting(self) -> float:
+        """Seconds left in a restart (logins wait them out)."""
+        return max(0.0, self._restart_until - time.monotonic())
+
+    async def restart(self) -> int:
+        """Every session ends with 57P01; new logins wait ``restart_seconds``. Returns sessions ended."""
+        self._restart_until = time.monotonic() + self.config.restart_seconds
+        self.stats.restarts += 1
+        return await self.proxy.terminate_sessions(None, "restart")
+
+    async def suspend(self, endpoint: Endpoint | None = None) -> int:
+        """Scale to zero: the endpoint goes IDLE, its sessions end with 57P01; the next login wakes it."""
+        ep = endpoint or self.workspace.primary
+        ep.state = IDLE
+        return await self.proxy.terminate_sessions(ep, "suspend")
+
+    def stats_dict(self) -> dict[str, Any]:
+        data = self.stats.as_dict()
+        data["endpoints"] = {ep.name: ep.state for ep in self.workspace.endpoints.values()}
+        data["credential_outage_seconds_left"] = round(self.outage.remaining(), 3)
+        return data
+
+
+class Emulator:
+    """A local Lakebase: ``with Emulator(data_dir) as emu: ...``.
+
+    ``emu.user_env`` / ``emu.app_env`` are the environments of the project owner (PAT) and of the
+    app's service principal (OAuth M2M); ``emu.restart()``, ``emu.suspend()``,
+    ``emu.credential_outage()``, ``emu.expire_tokens()``, ``emu.configure()`` and ``emu.stats()``
+    inject faults and read counters. Safe to call from any thread.
+    """
+
+    def __init__(self, data_dir: str | Path, *, api_port: int = 0, pg_port: int = 0,
+                 host: str = "127.0.0.1", token_ttl: float | None = None, **config: Any) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.host = host
+        self._api_port = api_port
+        self._pg_port = pg_port
+        cfg = EmulatorConfig()
+        if token_ttl is not None:
+            config["token_ttl_seconds"] = token_ttl
+        cfg.update(config)
+        self._config = cfg
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runtime: Runtime | None = None
+        self._stopped = threading.Event()
+        self._api_runner: Any = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 60.0) -> Emulator:
+        if self._thread is not None:
+            raise RuntimeError("this emulator is already started")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="lakebase-emulator", daemon=True)
+        self._thread.start()
+        try:
+            ready.result(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_env_files()
+        return self
+
+    def _run(self, ready: Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(ready))
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._stopped.set()
+
+    async def _serve(self, ready: Future[None]) -> None:
+        from .api import start_api
+        from .proxy import Proxy
+
+        rt: Runtime | None = None
+        self._stop_event = asyncio.Event()
+        try:
+            rt = Runtime(self.data_dir, self._config)
+            self._runtime = rt
+            rt.write_server_files()
+            rt.pg.start()  # from this (long-lived) thread: the parent-death signal is tied to it
+            await rt.open_admin()
+            await rt.bootstrap()
+            rt.proxy = Proxy(rt)
+            rt.pg_port = await rt.proxy.start(self.host, self._pg_port)
+            self._api_runner, api_port = await start_api(rt, self.host, self._api_port)
+            rt.api_url = f"http://{self.host}:{api_port}"
+            ready.set_result(None)
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            await self._teardown(rt)
+            return
+        await self._stop_event.wait()
+        await self._teardown(rt)
+
+    async def _teardown(self, rt: Runtime | None) -> None:
+        if rt is None:
+            return
+        if rt.proxy is not None:
+            await rt.proxy.close()
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+        await rt.close_admin()
+        rt.pg.close()
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if thread is None:
+            return
+        if loop is not None and not loop.is_closed() and hasattr(self, "_stop_event"):
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop_event.set)
+        thread.join(60)
+        self._thread = None
+
+    def wait(self) -> None:
+        """Block until stopped (the CLI's foreground mode)."""
+        while not self._stopped.wait(0.5):
+            pass
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None or self._thread is None:
+            raise RuntimeError("the emulator is not running; call start() or use it as a context manager")
+        return self._runtime
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _call_sync(self, fn: Any, *args: Any) -> Any:
+        async def run() -> Any:
+            return fn(*args)
+
+        return self._call(run())
+
+    # ---- connection facts ----------------------------------------------------------------------
+    @property
+    def api_url(self) -> str:
+        return self.runtime.api_url
+
+    @property
+    def pg_port(self) -> int:
+        return self.runtime.pg_port
+
+    @property
+    def ca_file(self) -> Path:
+        return self.runtime.ca_path
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.runtime.workspace
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.workspace.primary.name
+
+    @property
+    def owner(self) -> Identity:
+        return self.workspace.owner
+
+    @property
+    def app(self) -> Identity:
+        return self.workspace.app
+
+    def _pg_env(self, user: str) -> dict[str, str]:
+        return {
+            "PGHOST": self.workspace.primary.host,
+            "PGPORT": str(self.pg_port),
+            "PGDATABASE": DEFAULT_DATABASE,
+            "PGUSER": user,
+            "PGSSLMODE": "require",
+            "ENDPOINT_NAME": self.endpoint_name,
+        }
+
+    @property
+    def user_env(self) -> dict[str, str]:
+        owner = self.owner
+        assert owner.pat is not None
+        return {"DATABRICKS_HOST": self.api_url, "DATABRICKS_TOKEN": owner.pat, **self._pg_env(owner.name)}
+
+    @property
+    def app_env(self) -> dict[str, str]:
+        app = self.app
+        assert app.client_secret is not None
+        return {
+            "DATABRICKS_HOST": self.api_url,
+            "DATABRICKS_CLIENT_ID": app.name,
+            "DATABRICKS_CLIENT_SECRET": app.client_secret,
+            **self._pg_env(app.name),
+            "PGAPPNAME": app.display_name,
+        }
+
+    def _write_env_files(self) -> None:
+        for name, env in (("user.env", self.user_env), ("app.env", self.app_env)):
+            path = self.data_dir / name
+            path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+            path.chmod(0o600)
+
+    # ---- identities ----------------------------------------------------------------------------
+    def add_user(self, email: str) -> Identity:
+        """Add a workspace user (with a PAT); the extension then accepts it in databricks_create_role."""
+        return self._call_sync(self._add_identity, email, "USER")
+
+    def add_service_principal(self, display_name: str = "service-principal") -> Identity:
+        import uuid
+
+        return self._call_sync(self._add_identity, str(uuid.uuid4()), "SERVICE_PRINCIPAL", display_name)
+
+    def add_group(self, name: str) -> Identity:
+        return self._call_sync(self._add_identity, name, "GROUP")
+
+    def _add_identity(self, name: str, type_: str, display_name: str | None = None) -> Identity:
+        rt = self.runtime
+        ident = rt.workspace.add_identity(name, type_, display_name)
+        rt.workspace.save()
+        rt.write_identities_file()
+        return ident
+
+    # ---- faults, config, stats -------------------------------------------------------------------
+    def configure(self, **values: Any) -> dict[str, Any]:
+        """E.g. ``emu.configure(token_ttl_seconds=5, wake_delay_seconds=1)``; raises ConfigError."""
+        return self._call_sync(self.runtime.configure, values)
+
+    def restart(self) -> int:
+        return self._call(self.runtime.restart())
+
+    def suspend(self, endpoint: str | None = None) -> int:
+        ep = None
+        if endpoint is not None:
+            ep = self.workspace.find_endpoint(endpoint)
+            if ep is None:
+                raise ConfigError(f"unknown endpoint {endpoint!r}")
+        return self._call(self.runtime.suspend(ep))
+
+    def credential_outage(self, seconds: float, status: int = 503) -> None:
+        self._call_sync(self.runtime.start_outage, seconds, status)
+
+    def expire_tokens(self) -> None:
+        self._call_sync(self.runtime.expire_tokens)
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._call_sync(self.runtime.stats_dict)))
+
+    def endpoint_state(self, endpoint: str | None = None) -> str:
+        ep = self.workspace.find_endpoint(endpoint) if endpoint else self.workspace.primary
+        assert ep is not None
+        return ep.state
+
+    def superuser_conninfo(self, dbname: str = DEFAULT_DATABASE) -> dict[str, Any]:
+        """Straight to the backend over its Unix socket, bypassing the proxy (benchmarks, admin)."""
+        return self.runtime.pg.connect_kwargs(dbname=dbname)

@@ -1,0 +1,430 @@
+"""The TLS auth proxy in front of Postgres, as Lakebase's (Neon's) proxy behaves.
+
+Per client connection: TLS is required (``SSLRequest`` then the handshake; a plain startup is refused
+with the message Lakebase gives); the endpoint is chosen by TLS SNI or ``options=endpoint=<id>``; the
+password must be a valid, unexpired database credential of the identity whose name is the role, and
+the role must be registered for OAuth (``databricks_create_role``). A suspended endpoint is woken, a
+restart is waited out. Then the proxy logs in to the backend over its Unix socket and, from the
+first ReadyForQuery on, forwards bytes both ways untouched (extended protocol, COPY, LISTEN/NOTIFY,
+pipelining all just work). The client sees the backend's real pid with a proxy-made secret key, so
+cancel requests are checked here and forwarded with the backend's key.
+
+Sessions are ended with ``pg_terminate_backend`` (the client sees Postgres's own FATAL 57P01) for the
+restart and suspend faults, the idle timeout and the maximum connection lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import wire
+from .state import ACTIVE, IDLE, INIT, Endpoint
+from .tokens import DATABASE_AUDIENCE, InvalidToken
+
+if TYPE_CHECKING:
+    from .core import Runtime
+
+log = logging.getLogger("lakebase.emulator.proxy")
+
+INSECURE_MESSAGE = "connection is insecure (try using `sslmode=require`)"
+DECODE_FAILED = (
+    'Failed to decode token for role "{role}" and native postgres login was either not attempted '
+    "due to configuration or failed."
+)
+LOGIN_TIMEOUT = 30.0
+REAPER_INTERVAL = 0.1
+CHUNK = 256 * 1024
+
+
+class LoginRefused(Exception):
+    def __init__(self, code: str, message: str, reason: str, detail: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.reason, self.detail, self.hint = code, message, reason, detail, hint
+
+
+@dataclass(eq=False)
+class Session:
+    endpoint: Endpoint
+    role: str
+    database: str
+    backend_pid: int = 0
+    backend_key: bytes = b""
+    client_key: bytes = b""
+    started: float = field(default_factory=time.monotonic)
+    last_activity: float = field(default_factory=time.monotonic)
+    terminating: str | None = None
+    transports: list[asyncio.BaseTransport] = field(default_factory=list)
+    # The stream writers of the login phase close their transport when garbage-collected: keep them.
+    writers: tuple[asyncio.StreamWriter, ...] = ()
+
+
+class _Pipe(asyncio.Protocol):
+    """Forwards what one transport receives to the other, with flow control."""
+
+    def __init__(self, session: Session, on_lost: Any) -> None:
+        self.session = session
+        self.peer: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
+        self._on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        self.session.last_activity = time.monotonic()
+        if self.peer is not None:
+            self.peer.write(data)
+
+    def eof_received(self) -> bool | None:
+        if self.peer is not None and self.peer.can_write_eof():
+            self.peer.write_eof()
+        return False
+
+    def pause_writing(self) -> None:  # our transport's buffer is full: stop reading the peer
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.close()
+        self._on_lost()
+
+
+def _sni_hostname(ssl_object: Any, sni: dict[int, str]) -> str | None:
+    return sni.pop(id(ssl_object), None) if ssl_object is not None else None
+
+
+class Proxy:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.sessions: set[Session] = set()
+        self._by_key: dict[tuple[int, bytes], Session] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._wake_locks: dict[str, asyncio.Lock] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._sni: dict[int, str] = {}
+        ctx = rt.ssl_context
+        ctx.sni_callback = self._on_sni
+
+    def _on_sni(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        if server_name:
+            self._sni[id(ssl_object)] = server_name
+        return None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=512)
+        self._reaper = asyncio.create_task(self._reap_forever())
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            for transport in session.transports:
+                transport.abort()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
+
+    # ---- accepting ---------------------------------------------------------------------------
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        handed_off = False
+        try:
+            handed_off = await asyncio.wait_for(self._handshake(reader, writer), LOGIN_TIMEOUT)
+        except wire.ProtocolError as exc:
+            self.rt.stats.login_failed("protocol")
+            await self._refuse(writer, "08P01", str(exc))
+        except LoginRefused as exc:
+            self.rt.stats.login_failed(exc.reason)
+            await self._refuse(writer, exc.code, exc.message, exc.detail, exc.hint)
+        except asyncio.TimeoutError:
+            self.rt.stats.login_failed("timeout")
+            await self._refuse(writer, "08006", "timeout expired during the startup phase")
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, EOFError, OSError):
+            self.rt.stats.login_failed("disconnected")
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never let one client take the proxy down
+            log.exception("unexpected error while serving a client")
+            self.rt.stats.login_failed("internal")
+            await self._refuse(writer, "XX000", "internal error in the lakebase emulator's proxy")
+        finally:
+            self._handlers.discard(task)
+            if not handed_off:
+                writer.close()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str,
+                      detail: str | None = None, hint: str | None = None) -> None:
+        with contextlib.suppress(Exception):
+            writer.write(wire.error_response(code, message, detail=detail, hint=hint))
+            await asyncio.wait_for(writer.drain(), 2)
+
+    async def _read_startup(self, reader: asyncio.StreamReader) -> wire.StartupPacket:
+        length = wire.startup_length(await reader.readexactly(4))
+        return wire.parse_startup(await reader.readexactly(length - 4))
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Returns True once the connection has been handed to the forwarding pipes."""
+        packet = await self._read_startup(reader)
+        if packet.kind == "gss":
+            writer.write(b"N")
+            await writer.drain()
+            packet = await self._read_startup(reader)
+        if packet.kind == "cancel":
+            await self._cancel(packet)
+            return False
+        if packet.kind == "startup":
+            raise LoginRefused("08P01", INSECURE_MESSAGE, "insecure")
+        if packet.kind != "ssl":  # pragma: no cover - parse_startup returns only the kinds above
+            raise wire.ProtocolError("unexpected packet")
+        writer.write(b"S")
+        await writer.drain()
+        await writer.start_tls(self.rt.ssl_context, ssl_handshake_timeout=10)
+        sni = _sni_hostname(writer.get_extra_info("ssl_object"), self._sni)
+        packet = await self._read_startup(reader)
+        if packet.kind == "cancel":
+            await self._cancel(packet)
+            return False
+        if packet.kind != "startup":
+            raise wire.ProtocolError(f"unexpected {packet.kind} request after the TLS handshake")
+        return await self._login(reader, writer, packet, sni)
+
+    # ---- login -------------------------------------------------------------------------------
+    def _choose_endpoint(self, sni: str | None, options_endpoint: str | None) -> Endpoint:
+        ws = self.rt.workspace
+        if options_endpoint:
+            ep = ws.find_endpoint(options_endpoint)
+            if ep is None:
+                raise LoginRefused("08004", f'endpoint "{options_endpoint}" does not exist', "unknown_endpoint",
+                                   hint="Use the endpoint id or name from `databricks postgres list-endpoints`.")
+            return ep
+        if sni:
+            ep = ws.find_endpoint(sni)
+            if ep is not None:
+                return ep
+            if sni.endswith(".localhost"):
+                raise LoginRefused("08004", f'endpoint "{sni.split(".")[0]}" does not exist', "unknown_endpoint")
+        return ws.primary
+
+    async def _login(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     packet: wire.StartupPacket, sni: str | None) -> bool:
+        params = dict(packet.params)
+        if params.get("replication", "false").lower() not in ("false", "0", "off", "no"):
+            raise LoginRefused("0A000", "replication connections are not supported by Lakebase", "replication")
+        role = params["user"]
+        database = params.get("database") or role
+        options_endpoint, options = wire.take_endpoint_option(params.pop("options", ""))
+        endpoint = self._choose_endpoint(sni, options_endpoint)
+
+        writer.write(wire.auth_cleartext_password())
+        await writer.drain()
+        mtype, length = wire.parse_message_header(await reader.readexactly(5))
+        if mtype != b"p":
+            raise wire.ProtocolError(f"expected password response, got message type {mtype!r}")
+        token = wire.parse_password(await reader.readexactly(length))
+        await self._authenticate(role, token)
+
+        if self.rt.config.latency_ms:
+            await asyncio.sleep(self.rt.config.latency_ms / 1000)
+        await self._wait_until_serving(endpoint)
+
+        backend_params = {k: v for k, v in params.items() if k != "options"}
+        backend_params["database"] = database
+        if endpoint.read_only:
+            options = (options + " " if options else "") + "-c default_transaction_read_only=on"
+        if options:
+            backend_params["options"] = options
+        return await self._connect_backend(reader, writer, packet.version, backend_params, endpoint, role)
+
+    async def _authenticate(self, role: str, token: str) -> None:
+        try:
+            claims = self.rt.tokens.verify(token, DATABASE_AUDIENCE)
+        except InvalidToken as exc:
+            raise LoginRefused("28P01", DECODE_FAILED.format(role=role), "invalid_token",
+                               detail=f"lakebase emulator: {exc.reason}.") from None
+        info = await self.rt.role_info(role)
+        if info is None:
+            raise LoginRefused("28000", f'role "{role}" does not exist', "no_role",
+                               hint="Create it as the project owner: "
+                                    f"SELECT databricks_create_role('{role}', '<user|service_principal>');")
+        if claims.subject != role:
+            raise LoginRefused("28P01", DECODE_FAILED.format(role=role), "identity_mismatch",
+                               detail=f'lakebase emulator: the token belongs to identity "{claims.subject}", '
+                                      f'not to role "{role}".')
+        if not info.can_login or not info.identity_type:
+            raise LoginRefused("28P01", DECODE_FAILED.format(role=role), "not_oauth_role",
+                               detail=f'lakebase emulator: role "{role}" is not a Databricks OAuth role.',
+                               hint="Create OAuth roles with databricks_create_role().")
+
+    async def _wait_until_serving(self, endpoint: Endpoint) -> None:
+        """Wait out a restart; wake a suspended endpoint (one wake for many waiting logins)."""
+        while (left := self.rt.restarting) > 0:
+            await asyncio.sleep(left)
+        if endpoint.state == ACTIVE:
+            return
+        lock = self._wake_locks.setdefault(endpoint.name, asyncio.Lock())
+        async with lock:
+            if endpoint.state != ACTIVE:
+                endpoint.state = INIT
+                await asyncio.sleep(self.rt.config.wake_delay_seconds)
+                endpoint.state = ACTIVE
+                endpoint.last_active_time = time.time()
+                self.rt.stats.wakeups += 1
+
+    async def _connect_backend(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, version: int,
+                               params: dict[str, str], endpoint: Endpoint, role: str) -> bool:
+        try:
+            b_reader, b_writer = await asyncio.open_unix_connection(
+                str(self.rt.pg.socket_dir / f".s.PGSQL.{self.rt.pg.port}")
+            )
+        except OSError:
+            raise LoginRefused("57P03", "the database system is starting up", "backend_unavailable") from None
+        session = Session(endpoint=endpoint, role=role, database=params["database"])
+        try:
+            b_writer.write(wire.startup_message(version, params))
+            await b_writer.drain()
+            while True:
+                header = await b_reader.readexactly(5)
+                mtype, length = wire.parse_message_header(header, limit=1 << 20)
+                payload = await b_reader.readexactly(length)
+                if mtype == b"K":
+                    session.backend_pid, session.backend_key = wire.parse_backend_key_data(payload)
+                    session.client_key = secrets.token_bytes(len(session.backend_key))
+                    writer.write(wire.backend_key_data(session.backend_pid, session.client_key))
+                    continue
+                if mtype == b"R" and payload[:4] != b"\0\0\0\0":
+                    raise LoginRefused("28000", "backend requested an unsupported authentication method",
+                                       "backend_auth")
+                writer.write(header + payload)
+                if mtype == b"E":
+                    fields = wire.parse_error_fields(payload)
+                    self.rt.stats.login_failed("backend:" + fields.get("C", "?"))
+                    await writer.drain()
+                    b_writer.close()
+                    return False
+                if mtype == b"Z":
+                    break
+            await writer.drain()
+        except BaseException:
+            b_writer.close()
+            raise
+        self._hand_off(session, reader, writer, b_reader, b_writer)
+        return True
+
+    def _hand_off(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
+        """From here on the proxy only moves bytes: switch both transports to forwarding protocols."""
+        client_t = writer.transport
+        backend_t = b_writer.transport
+        closed = False
+
+        def lost() -> None:
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            self.sessions.discard(session)
+            self._by_key.pop((session.backend_pid, session.client_key), None)
+            self.rt.stats.active_sessions = len(self.sessions)
+            session.endpoint.last_active_time = time.time()
+
+        to_backend = _Pipe(session, lost)
+        to_client = _Pipe(session, lost)
+        to_backend.peer, to_client.peer = backend_t, client_t  # type: ignore[assignment]
+        pending_client = bytes(reader._buffer)  # type: ignore[attr-defined]  # pipelined early bytes
+        pending_backend = bytes(b_reader._buffer)  # type: ignore[attr-defined]
+        client_t.set_protocol(to_backend)
+        backend_t.set_protocol(to_client)
+        session.transports = [client_t, backend_t]
+        session.writers = (writer, b_writer)
+        self.sessions.add(session)
+        self._by_key[(session.backend_pid, session.client_key)] = session
+        self.rt.stats.logins_succeeded += 1
+        self.rt.stats.active_sessions = len(self.sessions)
+        if pending_client:
+            backend_t.write(pending_client)
+        if pending_backend:
+            client_t.write(pending_backend)
+        if client_t.is_closing() or backend_t.is_closing():
+            client_t.close()
+            backend_t.close()
+            lost()
+
+    # ---- cancel ------------------------------------------------------------------------------
+    async def _cancel(self, packet: wire.StartupPacket) -> None:
+        session = self._by_key.get((packet.cancel_pid, packet.cancel_key))
+        if session is None:
+            return  # as Postgres: an unknown key is silently ignored
+        _, b_writer = await asyncio.open_unix_connection(str(self.rt.pg.socket_dir / f".s.PGSQL.{self.rt.pg.port}"))
+        b_writer.write(wire.cancel_request(session.backend_pid, session.backend_key))
+        with contextlib.suppress(Exception):
+            await b_writer.drain()
+        b_writer.close()
+
+    # ---- ending sessions -----------------------------------------------------------------------
+    async def terminate_sessions(self, endpoint: Endpoint | None, reason: str) -> int:
+        victims = [s for s in self.sessions if endpoint is None or s.endpoint is endpoint]
+        return await self._terminate(victims, reason)
+
+    async def _terminate(self, victims: Iterable[Session], reason: str) -> int:
+        pids = []
+        for s in victims:
+            if s.terminating is None:
+                s.terminating = reason
+                pids.append(s.backend_pid)
+        if not pids:
+            return 0
+        await self.rt.admin_query("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+        self.rt.stats.sessions_terminated += len(pids)
+        log.info("ended %d session(s): %s", len(pids), reason)
+        return len(pids)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAPER_INTERVAL)
+            try:
+                await self._reap_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("session reaper failed; retrying")
+
+    async def _reap_once(self) -> None:
+        cfg = self.rt.config
+        now = time.monotonic()
+        idle = [s for s in self.sessions if now - s.last_activity >= cfg.idle_timeout_seconds]
+        old = [s for s in self.sessions if now - s.started >= cfg.max_lifetime_seconds and s not in idle]
+        if idle:
+            await self._terminate(idle, "idle timeout")
+        if old:
+            await self._terminate(old, "maximum connection lifetime")
+        if cfg.suspend_after_idle_seconds is not None:
+            busy = {s.endpoint.name for s in self.sessions}
+            wall = time.time()
+            for ep in self.rt.workspace.endpoints.values():
+                if ep.name in busy:
+                    ep.last_active_time = wall
+                elif ep.state == ACTIVE and wall - ep.last_active_time >= cfg.suspend_after_idle_seconds:
+                    ep.state = IDLE
+                    log.info("endpoint %s suspended after %.1f s without connections", ep.name,
+                             cfg.suspend_after_idle_seconds)
+
