@@ -3,5 +3,6 @@ API for the unmodified databricks-sdk, the databricks_auth extension, and fault 
 
 from .core import Emulator
 from .faults import ConfigError, EmulatorConfig
+from .process import EmulatorProcess
 
-__all__ = ["ConfigError", "Emulator", "EmulatorConfig"]
+__all__ = ["ConfigError", "Emulator", "EmulatorConfig", "EmulatorProcess"]

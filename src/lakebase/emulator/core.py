@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from .faults import ConfigError, CredentialOutage, EmulatorConfig, Stats
 from .postgres import SUPERUSER, PostgresServer
-from .state import DEFAULT_DATABASE, IDLE, Endpoint, Identity, Workspace
+from .state import DEFAULT_DATABASE, IDLE, READ_ONLY, Endpoint, Identity, Workspace
 from .tls import ensure_certificates, server_context
 from .tokens import DATABASE_AUDIENCE, Claims, TokenAuthority
 
@@ -204,6 +204,21 @@ class Runtime:
         info = await self.role_info(identity, cached=False)
         assert info is not None
         return info
+
+    # ---- identities and endpoints --------------------------------------------------------------
+    def add_identity(self, name: str, type_: str, display_name: str | None = None) -> Identity:
+        """Add a workspace identity (idempotent); databricks_create_role accepts it from then on."""
+        ident = self.workspace.add_identity(name, type_, display_name)
+        self.workspace.save()
+        self.write_identities_file()
+        return ident
+
+    def add_read_only_endpoint(self, endpoint_id: str) -> Endpoint:
+        ws = self.workspace
+        if endpoint_id not in ws.endpoints:
+            ws.add_endpoint(endpoint_id, READ_ONLY)
+            ws.save()
+        return ws.endpoints[endpoint_id]
 
     # ---- credentials ---------------------------------------------------------------------------
     def issue_credential(self, identity: Identity, ttl_seconds: float | None = None) -> tuple[str, Claims]:
@@ -453,11 +468,11 @@ class Emulator:
         return self._call_sync(self._add_identity, name, "GROUP")
 
     def _add_identity(self, name: str, type_: str, display_name: str | None = None) -> Identity:
-        rt = self.runtime
-        ident = rt.workspace.add_identity(name, type_, display_name)
-        rt.workspace.save()
-        rt.write_identities_file()
-        return ident
+        return self.runtime.add_identity(name, type_, display_name)
+
+    def add_read_only_endpoint(self, endpoint_id: str) -> Endpoint:
+        """A read replica on the production branch (the REST API does the same through an operation)."""
+        return self._call_sync(self.runtime.add_read_only_endpoint, endpoint_id)
 
     # ---- faults, config, stats -------------------------------------------------------------------
     def configure(self, **values: Any) -> dict[str, Any]:

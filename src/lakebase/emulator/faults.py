@@ -88,7 +88,8 @@ class Stats:
 
 @dataclass
 class CredentialOutage:
-    """While active, the credential endpoints answer ``status`` (503, or 429 with Retry-After)."""
+    """While active, the credential endpoints answer ``status`` (503, or 429 with Retry-After).
+    Starting one of 0 seconds ends the current outage."""
 
     until: float = 0.0
     status: int = 503
@@ -96,7 +97,7 @@ class CredentialOutage:
     def start(self, seconds: float, status: int) -> None:
         if status not in (429, 503):
             raise ConfigError(f"status must be 503 or 429, got {status!r}")
-        if not 0 < seconds <= 3600:
+        if not 0 <= seconds <= 3600:
             raise ConfigError(f"seconds must be between 0 and 3600, got {seconds!r}")
         self.until = time.monotonic() + seconds
         self.status = status

@@ -1,0 +1,3 @@
+from lakebase.cli import main
+
+main()

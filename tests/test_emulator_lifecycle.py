@@ -1,0 +1,119 @@
+"""`lakebase emulator start` as a user runs it: a foreground process, env files, clean stops, persistence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def start_cli(data_dir: Path) -> subprocess.Popen[str]:
+    for name in ("user.env", "app.env"):
+        (data_dir / name).unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lakebase", "emulator", "start", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not (data_dir / "app.env").exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"emulator exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        assert time.monotonic() < deadline, "emulator did not become ready in 60 s"
+        time.sleep(0.05)
+    return proc
+
+
+def postgres_pids(data_dir: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"postgres" in cmd and str(data_dir / "pgdata").encode() in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def connect_as_owner(data_dir: Path) -> psycopg.Connection:
+    from databricks.sdk import WorkspaceClient
+
+    env = read_env(data_dir / "user.env")
+    w = WorkspaceClient(host=env["DATABRICKS_HOST"], token=env["DATABRICKS_TOKEN"], auth_type="pat")
+    token = w.postgres.generate_database_credential(endpoint=env["ENDPOINT_NAME"]).token
+    return psycopg.connect(host=env["PGHOST"], port=env["PGPORT"], dbname=env["PGDATABASE"], user=env["PGUSER"],
+                           sslmode=env["PGSSLMODE"], password=token, autocommit=True)
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_env_files_sigterm_and_persistence(tmp_path: Path) -> None:
+    data_dir = tmp_path / "emu"
+    proc = start_cli(data_dir)
+    try:
+        user, app = read_env(data_dir / "user.env"), read_env(data_dir / "app.env")
+        assert set(user) == {"DATABRICKS_HOST", "DATABRICKS_TOKEN", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER",
+                             "PGSSLMODE", "ENDPOINT_NAME"}
+        assert user["DATABRICKS_HOST"].startswith("http://127.0.0.1:")
+        assert user["PGDATABASE"] == "databricks_postgres" and user["PGSSLMODE"] == "require"
+        assert user["ENDPOINT_NAME"] == "projects/emulator/branches/production/endpoints/primary"
+        assert "DATABRICKS_TOKEN" not in app
+        assert {"DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "PGAPPNAME"} <= set(app)
+        assert app["PGUSER"] == app["DATABRICKS_CLIENT_ID"]
+        with connect_as_owner(data_dir) as conn:
+            conn.execute("CREATE TABLE kept (v text)")
+            conn.execute("INSERT INTO kept VALUES ('survives restarts')")
+        pids = postgres_pids(data_dir)
+        assert pids
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert wait_gone(pids), "postgres outlived the emulator"
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+
+    proc = start_cli(data_dir)  # same DIR again: data is there, no stale lock
+    try:
+        with connect_as_owner(data_dir) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [("survives restarts",)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_killed_emulator_leaves_no_orphan_and_restarts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "emu"
+    proc = start_cli(data_dir)
+    pids = postgres_pids(data_dir)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert wait_gone(pids), "postgres kept running after the emulator was killed"
+    proc = start_cli(data_dir)
+    try:
+        with connect_as_owner(data_dir) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
