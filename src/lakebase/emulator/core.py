@@ -263,6 +263,15 @@ class Runtime:
         return data
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (the proxy moves bytes several times faster on it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class Emulator:
     """A local Lakebase: ``with Emulator(data_dir) as emu: ...``.
 
@@ -313,7 +322,7 @@ class Emulator:
         return self
 
     def _run(self, ready: Future[None]) -> None:
-        loop = asyncio.new_event_loop()
+        loop = _new_event_loop()
         self._loop = loop
         try:
             loop.run_until_complete(self._serve(ready))
