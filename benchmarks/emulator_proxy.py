@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 
 from lakebase.emulator import Emulator
-import shutil
 
 from ._common import emulator_process, owner_token, write_results
 

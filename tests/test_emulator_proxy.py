@@ -208,16 +208,23 @@ def test_cancel_through_the_proxy(emulator: Emulator, method: str) -> None:
 
 
 def test_read_only_endpoint(emulator: Emulator) -> None:
-    ep = emulator.add_read_only_endpoint("replica1")
-    assert ep["status"]["hosts"]["host"] == "replica1.localhost"
-    # chosen by SNI (host name) with hostaddr, and by options=endpoint=
-    for extra in ({"host": "replica1.localhost", "hostaddr": "127.0.0.1"}, {"options": "endpoint=replica1"}):
-        with owner_connect(emulator, **extra) as conn:
-            assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
-            with pytest.raises(errors.ReadOnlySqlTransaction):
-                conn.execute("CREATE TABLE ro_write_attempt (x int)")
-    with owner_connect(emulator) as conn:
-        assert conn.execute("SHOW transaction_read_only").fetchone() == ("off",)
+    from databricks.sdk import WorkspaceClient
+
+    ep = emulator.add_read_only_endpoint("replica-proxy-test")
+    try:
+        assert ep["status"]["hosts"]["host"] == "replica-proxy-test.localhost"
+        # chosen by SNI (host name) with hostaddr, and by options=endpoint=
+        for extra in ({"host": "replica-proxy-test.localhost", "hostaddr": "127.0.0.1"},
+                      {"options": "endpoint=replica-proxy-test"}):
+            with owner_connect(emulator, **extra) as conn:
+                assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+                with pytest.raises(errors.ReadOnlySqlTransaction):
+                    conn.execute("CREATE TABLE ro_write_attempt (x int)")
+        with owner_connect(emulator) as conn:
+            assert conn.execute("SHOW transaction_read_only").fetchone() == ("off",)
+    finally:
+        w = WorkspaceClient(host=emulator.api_url, token=emulator.owner.pat, auth_type="pat")
+        w.postgres.delete_endpoint(ep["name"]).wait()
 
 
 # ---- faults --------------------------------------------------------------------------------------
@@ -358,7 +365,7 @@ def test_many_concurrent_logins(emulator: Emulator) -> None:
         try:
             with owner_connect(emulator, password=token) as conn:
                 conn.execute("SELECT pg_sleep(0.05)")
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             errors_seen.append(exc)
 
     threads = [threading.Thread(target=one) for _ in range(40)]

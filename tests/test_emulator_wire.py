@@ -91,7 +91,7 @@ def test_special_requests() -> None:
     assert wire.parse_startup(struct.pack("!I", wire.GSSENC_REQUEST)).kind == "gss"
     cancel = wire.parse_startup(struct.pack("!Ii", wire.CANCEL_REQUEST, 1234) + b"k" * 32)
     assert (cancel.kind, cancel.cancel_pid, cancel.cancel_key) == ("cancel", 1234, b"k" * 32)
-    with pytest.raises(wire.ProtocolError, match="unsupported frontend protocol 2.0"):
+    with pytest.raises(wire.ProtocolError, match=r"unsupported frontend protocol 2\.0"):
         wire.parse_startup(struct.pack("!I", 2 << 16) + b"user\0x\0\0")
     with pytest.raises(wire.ProtocolError, match="no PostgreSQL user name"):
         wire.parse_startup(struct.pack("!I", wire.PROTOCOL_3_0) + b"database\0x\0\0")

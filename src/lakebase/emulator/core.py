@@ -53,7 +53,9 @@ class Runtime:
         self.workspace = Workspace.load_or_create(data_dir / "workspace.json")
         self.api_url = ""  # set once the API listens
         self.pg_port = 0  # the proxy's port
-        self.tokens = TokenAuthority(data_dir / "signing-key.pem", issuer=f"lakebase-emulator/{self.workspace.workspace_id}")
+        self.tokens = TokenAuthority(
+            data_dir / "signing-key.pem", issuer=f"lakebase-emulator/{self.workspace.workspace_id}"
+        )
         self.ca_path, cert, key = ensure_certificates(data_dir)
         self.ssl_context = server_context(cert, key)
         self.identities_file = data_dir / "identities.json"
@@ -105,7 +107,9 @@ class Runtime:
             await self._admin.close()
             self._admin = None
 
-    async def admin_query(self, sql: str, params: tuple[Any, ...] = (), dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    async def admin_query(
+        self, sql: str, params: tuple[Any, ...] = (), dbname: str = "postgres"
+    ) -> list[tuple[Any, ...]]:
         if dbname == "postgres":
             async with self._admin.connection() as conn:
                 cur = await conn.execute(sql, params)
@@ -191,7 +195,8 @@ class Runtime:
         attrs = ["LOGIN" if auth_method != "NO_LOGIN" else "NOLOGIN", "INHERIT"]
         attrs += ["CREATEDB" if createdb else "NOCREATEDB", "CREATEROLE" if createrole else "NOCREATEROLE"]
         attrs += ["BYPASSRLS"] if bypassrls else []
-        await self.admin_query(sql.SQL("CREATE ROLE {} " + " ".join(attrs)).format(sql.Identifier(identity)).as_string())
+        create = sql.SQL("CREATE ROLE {} " + " ".join(attrs)).format(sql.Identifier(identity))
+        await self.admin_query(create.as_string())
         if auth_method == "LAKEBASE_OAUTH_V1":
             await self.admin_query(
                 sql.SQL("ALTER ROLE {} SET databricks_auth.identity_type = {}").format(

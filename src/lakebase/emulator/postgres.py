@@ -169,7 +169,7 @@ class PostgresServer:
         ]
         for key, value in self.settings.items():
             args += ["-c", f"{key}={value}"]
-        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        logf = open(self.log_path, "ab")
         try:
             self._proc = subprocess.Popen(
                 args, **self._as_user(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

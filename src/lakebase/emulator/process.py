@@ -67,7 +67,7 @@ class EmulatorProcess:
         for name in ("user.env", "app.env"):
             (self.data_dir / name).unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
-        log = open(self.data_dir / "emulator.log", "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.data_dir / "emulator.log", "ab")
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "lakebase", "emulator", "start", "--data-dir", str(self.data_dir),

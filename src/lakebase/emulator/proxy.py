@@ -156,7 +156,7 @@ class Proxy:
         except LoginRefused as exc:
             self.rt.stats.login_failed(exc.reason)
             await self._refuse(writer, exc.code, exc.message, exc.detail, exc.hint)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.rt.stats.login_failed("timeout")
             await self._refuse(writer, "08006", "timeout expired during the startup phase")
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, EOFError, OSError):

@@ -34,7 +34,7 @@ def _cert_is_usable(path: Path) -> bool:
     if not path.exists():
         return False
     cert = x509.load_pem_x509_certificate(path.read_bytes())
-    return cert.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    return cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
 
 
 def ensure_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -43,7 +43,7 @@ def ensure_certificates(directory: Path) -> tuple[Path, Path, Path]:
     ca_key_path = directory / "ca-key.pem"
     cert_path = directory / "server.pem"
     key_path = directory / "server-key.pem"
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     if not (_cert_is_usable(ca_path) and ca_key_path.exists()):
         ca_key = ec.generate_private_key(ec.SECP256R1())
