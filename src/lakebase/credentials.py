@@ -1,0 +1,539 @@
+"""Database credentials: minted through the workspace API, cached, refreshed, shared.
+
+One :class:`CredentialCache` per workspace identity holds one token that serves every connection
+until the server's ``expire_time`` minus a safety margin. Its behaviour, in one place:
+
+* **Refresh strategies**, as separate classes. :class:`RefreshAhead` (the default) refreshes in a
+  background thread at half the token's life, so no connection waits on HTTP. :class:`Lazy` has no
+  thread: the first connection past the half-life refreshes inline (serverless, short scripts).
+* **Single flight**: however many threads and asyncio tasks ask at once on a cold or expiring
+  cache, one API call is made; the others wait for it. Async callers never run the (blocking) SDK on
+  the event loop: the mint runs in a worker thread and awaiters share its future.
+* **Stale fallback**: when a refresh fails, the cached token keeps being used until it really
+  expires, while refreshes are retried with jittered exponential backoff (honouring
+  ``Retry-After``). With nothing valid left, :class:`~lakebase.errors.CredentialsUnavailable`
+  carries the root cause; the cache recovers by itself once the API answers again.
+* **Fork safety**: a forked child gets a new lock, no in-flight mint, no thread and new HTTP
+  sessions (``os.register_at_fork`` plus pid checks). The token itself, a plain value, is kept.
+* **No leaks**: tokens are registered with :mod:`lakebase._redact` before anyone sees them and never
+  appear in a repr, str, log record or error message.
+
+Token sources (:class:`EndpointTokenSource`, :class:`InstanceTokenSource`) do the actual API call,
+bounded by :class:`lakebase._sdk.BoundedApis`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from . import _redact, _sdk
+from ._telemetry import Counters, event
+from .errors import CredentialsUnavailable
+
+log = logging.getLogger("lakebase.credentials")
+
+#: Stop using a token this long before it expires (capped at a tenth of its lifetime): the login
+#: must reach the server before expiry, and clocks drift.
+SAFETY_MARGIN = 60.0
+#: Refresh once this fraction of the token's lifetime has passed (RefreshAhead; Lazy on demand).
+REFRESH_FRACTION = 0.5
+#: Backoff between failed refreshes: from 1 s doubling up to 30 s (or a tenth of the lifetime).
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 30.0
+RETRY_AFTER_MAX = 300.0
+
+
+@dataclass(frozen=True, repr=False)
+class Credential:
+    """A database token and when it expires. Its repr and str never show the token."""
+
+    token: str
+    expire_time: datetime  # the server's, UTC
+    obtained: float = field(default_factory=time.monotonic)  # monotonic clock when received
+    lifetime: float = 3600.0  # seconds from ``obtained`` to expiry, by the local clock
+
+    @classmethod
+    def from_expiry(cls, token: str, expire_time: datetime) -> Credential:
+        now_wall, now_mono = time.time(), time.monotonic()
+        lifetime = expire_time.timestamp() - now_wall
+        if lifetime <= 1.0:
+            log.warning("the database credential expires %.1fs after it was issued by this machine's clock; "
+                        "is the system clock right?", lifetime)
+            lifetime = max(lifetime, 1.0)
+        return cls(token, expire_time, now_mono, lifetime)
+
+    @property
+    def margin(self) -> float:
+        return min(SAFETY_MARGIN, self.lifetime * 0.1)
+
+    @property
+    def expires_at(self) -> float:
+        """Monotonic time of expiry."""
+        return self.obtained + self.lifetime
+
+    @property
+    def usable_until(self) -> float:
+        """Monotonic time after which the token is not handed out any more."""
+        return self.expires_at - self.margin
+
+    @property
+    def refresh_at(self) -> float:
+        """Monotonic time from which a new token is wanted."""
+        return min(self.obtained + self.lifetime * REFRESH_FRACTION, self.usable_until)
+
+    def expires_in(self) -> float:
+        return self.expires_at - time.monotonic()
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, non-reversible id of the token (safe to log): ``sha256:1a2b3c4d``."""
+        return "sha256:" + hashlib.sha256(self.token.encode()).hexdigest()[:8]
+
+    def __repr__(self) -> str:
+        return (f"Credential(token=<{self.fingerprint}>, expire_time={self.expire_time.isoformat()}, "
+                f"expires_in={self.expires_in():.1f}s)")
+
+    __str__ = __repr__
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """``2026-11-21T09:11:21.669877123Z`` (any fraction digits, Z or offset) as an aware datetime."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    if "." in value:
+        head, rest = value.split(".", 1)
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        value = head + "." + rest[:digits][:6].ljust(6, "0") + rest[digits:]
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# ---- token sources -----------------------------------------------------------------------------
+class TokenSource(Protocol):
+    """Mints a credential with one (bounded) API call; ``describe`` names it in messages."""
+
+    describe: str
+
+    def mint(self) -> Credential: ...
+
+
+class EndpointTokenSource:
+    """Lakebase Autoscaling: ``w.postgres.generate_database_credential(endpoint=...)``."""
+
+    def __init__(self, apis: _sdk.BoundedApis, endpoint: str) -> None:
+        self.apis = apis
+        self.endpoint = endpoint
+        self.describe = f"endpoint {endpoint}"
+
+    def mint(self) -> Credential:
+        api = self.apis.postgres
+        response = self.apis.call(api.generate_database_credential, endpoint=self.endpoint)
+        if not response.token or response.expire_time is None:
+            raise ValueError("the credential response has no token or no expire_time")
+        return Credential.from_expiry(response.token, response.expire_time.ToDatetime(tzinfo=UTC))
+
+
+class InstanceTokenSource:
+    """Lakebase Provisioned: ``w.database.generate_database_credential(instance_names=[...])``."""
+
+    def __init__(self, apis: _sdk.BoundedApis, instance_name: str) -> None:
+        self.apis = apis
+        self.instance_name = instance_name
+        self.describe = f"instance {instance_name}"
+
+    def mint(self) -> Credential:
+        api = self.apis.database
+        response = self.apis.call(api.generate_database_credential, instance_names=[self.instance_name],
+                                  request_id=str(uuid.uuid4()))
+        if not response.token or not response.expiration_time:
+            raise ValueError("the credential response has no token or no expiration_time")
+        return Credential.from_expiry(response.token, parse_rfc3339(response.expiration_time))
+
+
+# ---- refresh strategies ------------------------------------------------------------------------
+class Lazy:
+    """Refresh on demand: no thread. The first caller past the half-life mints (others keep using
+    the still-valid token or wait for that one mint)."""
+
+    name = "lazy"
+    inline_refresh = True
+
+    def schedule(self, cache: CredentialCache) -> None:
+        pass
+
+    def after_fork(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RefreshAhead:
+    """Refresh in a background (daemon) thread at half the token's life, and keep retrying with
+    backoff after a failure, so connections never wait on the API while a token is valid."""
+
+    name = "ahead"
+    inline_refresh = False
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def schedule(self, cache: CredentialCache) -> None:
+        """(Re)consider the next refresh time; start the thread if needed."""
+        if self._closed:
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, args=(weakref.ref(cache),),
+                                                name="lakebase-credential-refresh", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self, cache_ref: weakref.ref[CredentialCache]) -> None:
+        while not self._closed:
+            cache = cache_ref()
+            if cache is None:
+                return
+            delay = cache._background_delay()
+            del cache
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._closed:
+                return
+            cache = cache_ref()
+            if cache is None:
+                return
+            if cache._background_delay() == 0.0:
+                cache._background_refresh()
+            del cache
+
+    def after_fork(self) -> None:
+        self._thread = None  # threads do not survive fork
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+
+def make_strategy(name: str) -> Lazy | RefreshAhead:
+    return Lazy() if name == "lazy" else RefreshAhead()
+
+
+# ---- the cache ---------------------------------------------------------------------------------
+_caches: weakref.WeakSet[CredentialCache] = weakref.WeakSet()
+
+
+class CredentialCache:
+    """One identity's database token, shared by every connection (see the module doc).
+
+    ``token()`` / ``await atoken()`` return a valid token (minting one if needed) or raise
+    :class:`~lakebase.errors.CredentialsUnavailable`; ``invalidate(token)`` drops a token the
+    server refused; ``stats()`` returns counters; ``close()`` stops the refresh thread.
+    """
+
+    def __init__(self, source: TokenSource, strategy: Lazy | RefreshAhead | str = "ahead",
+                 identity: str = "") -> None:
+        _redact.install()
+        self.source = source
+        self.strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
+        self.identity = identity
+        self._lock = threading.Lock()
+        self._credential: Credential | None = None
+        self._inflight: Future[Credential] | None = None
+        self._failures = 0
+        self._last_error: BaseException | None = None
+        self._next_attempt = 0.0
+        self._falling_back = False
+        self._pid = os.getpid()
+        self.counters = Counters("credential", source=source.describe)
+        _caches.add(self)
+
+    def __repr__(self) -> str:
+        cred = self._credential
+        state = f"expires_in={cred.expires_in():.0f}s" if cred else "empty"
+        return (f"<CredentialCache {self.identity or '?'} {self.source.describe} "
+                f"refresh={self.strategy.name} {state} failures={self._failures}>")
+
+    # ---- public ----------------------------------------------------------------------------------
+    def token(self, timeout: float | None = None) -> str:
+        """A valid token; mints (once, for all concurrent callers) when needed."""
+        fast = self._fast_token()
+        if fast is not None:
+            return fast
+        decision = self._decide()
+        if isinstance(decision, str):
+            return decision
+        future, owner = decision
+        if owner:
+            self._mint_into(future)
+        try:
+            return future.result(timeout).token
+        except Exception as exc:
+            return self._after_failure(exc if future.done() else self._waited_too_long(timeout))
+
+    async def atoken(self, timeout: float | None = None) -> str:
+        """The async twin of :meth:`token`: the API call runs in a worker thread, never on the loop."""
+        fast = self._fast_token()
+        if fast is not None:
+            return fast
+        decision = self._decide()
+        if isinstance(decision, str):
+            return decision
+        future, owner = decision
+        if owner:
+            threading.Thread(target=self._mint_into, args=(future,), name="lakebase-credential-mint",
+                             daemon=True).start()
+        try:
+            credential = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except Exception as exc:
+            return self._after_failure(exc if future.done() else self._waited_too_long(timeout))
+        return credential.token
+
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` (the server refused it) so the next caller mints a fresh one.
+
+        A no-op if the cache has moved on to another token already, so that many connections
+        refused at once cause one new mint, not one each.
+        """
+        self._check_fork()
+        with self._lock:
+            cred = self._credential
+            if cred is not None and cred.token == token:
+                self._credential = None
+                self._next_attempt = 0.0
+                self.counters.add("invalidations")
+                event(log, logging.INFO, "credential.invalidated",
+                      f"dropped the cached token for {self.source.describe} ({cred.fingerprint}): "
+                      "the server refused it",
+                      source=self.source.describe, fingerprint=cred.fingerprint)
+
+    def refresh(self) -> Credential:
+        """Mint a new token now (joining a mint in flight); raise the API's error on failure."""
+        self._check_fork()
+        with self._lock:
+            future, owner = self._begin_mint()
+        if owner:
+            self._mint_into(future)
+        return future.result()
+
+    @property
+    def credential(self) -> Credential | None:
+        """The cached credential, if any (its token may be past its refresh point)."""
+        return self._credential
+
+    def stats(self) -> dict[str, Any]:
+        cred = self._credential
+        return {
+            **self.counters.snapshot(),
+            "source": self.source.describe,
+            "identity": self.identity,
+            "strategy": self.strategy.name,
+            "expires_in": round(cred.expires_in(), 3) if cred else None,
+            "fingerprint": cred.fingerprint if cred else None,
+            "consecutive_failures": self._failures,
+            "last_error": _sdk.describe_error(self._last_error) if self._last_error else None,
+        }
+
+    def close(self) -> None:
+        self.strategy.close()
+
+    # ---- decisions -------------------------------------------------------------------------------
+    def _fast_token(self) -> str | None:
+        """The cached token if it is fresh (no lock); None if the slow path must decide."""
+        if self._pid != os.getpid():
+            self._check_fork()
+        cred = self._credential
+        if cred is not None and time.monotonic() < cred.refresh_at:
+            return cred.token
+        return None
+
+    def _decide(self) -> str | tuple[Future[Credential], bool]:
+        """The token to use now, or (the mint's future, whether the caller runs it); raises
+        CredentialsUnavailable while backing off with no valid token."""
+        with self._lock:
+            now = time.monotonic()
+            cred = self._credential
+            if cred is not None and now < cred.refresh_at:
+                return cred.token
+            if cred is not None and now < cred.usable_until:
+                # Past the refresh point, still valid.
+                if not self.strategy.inline_refresh or self._inflight is not None or now < self._next_attempt:
+                    if self._failures:
+                        self._note_fallback(cred)
+                    self.strategy.schedule(self)
+                    return cred.token
+                return self._begin_mint()
+            if self._inflight is None and now < self._next_attempt and self._last_error is not None:
+                raise self._unavailable(self._last_error)
+            return self._begin_mint()
+
+    def _begin_mint(self) -> tuple[Future[Credential], bool]:
+        """(the in-flight mint's future, whether the caller must run it); call with the lock held."""
+        if self._inflight is not None:
+            self.counters.add("waits")
+            return self._inflight, False
+        future: Future[Credential] = Future()
+        future.set_running_or_notify_cancel()  # an awaiter's cancellation must not cancel the shared mint
+        self._inflight = future
+        return future, True
+
+    def _mint_into(self, future: Future[Credential]) -> None:
+        """Run the API call and publish the outcome to the cache and to ``future``."""
+        started = time.monotonic()
+        try:
+            credential = self.source.mint()
+        except BaseException as exc:
+            self._record_failure(exc)
+            future.set_exception(exc)
+            self.strategy.schedule(self)  # RefreshAhead retries in the background after the backoff
+            if not isinstance(exc, Exception):
+                raise
+            return
+        _redact.register_secret(credential.token)  # before anyone can log it
+        with self._lock:
+            recovered = self._failures
+            self._credential = credential
+            self._failures = 0
+            self._last_error = None
+            self._next_attempt = 0.0
+            self._falling_back = False
+            if self._inflight is future:
+                self._inflight = None
+        self.counters.add("mints")
+        event(log, logging.INFO, "credential.refreshed",
+              f"new database token for {self.source.describe} ({credential.fingerprint}), expires in "
+              f"{credential.expires_in():.0f}s"
+              + (f", after {recovered} failed attempts" if recovered else ""),
+              source=self.source.describe, fingerprint=credential.fingerprint,
+              expires_in=round(credential.expires_in(), 3), duration=round(time.monotonic() - started, 3),
+              recovered_after=recovered)
+        future.set_result(credential)
+        self.strategy.schedule(self)
+
+    def _record_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failures += 1
+            self._last_error = exc
+            cred = self._credential
+            cap = BACKOFF_MAX if cred is None else min(BACKOFF_MAX, max(BACKOFF_INITIAL, cred.lifetime / 10))
+            delay = min(cap, BACKOFF_INITIAL * 2 ** (self._failures - 1))
+            delay = random.uniform(delay / 2, delay)
+            after = _sdk.retry_after(exc)
+            if after is not None:
+                delay = max(delay, min(after, RETRY_AFTER_MAX))
+            self._next_attempt = now + delay
+            self._inflight = None
+            failures = self._failures
+            valid = cred is not None and now < cred.usable_until
+        self.counters.add("failures")
+        fallback = (f"keeping the cached token ({cred.fingerprint}, expires in {cred.expires_in():.0f}s)"
+                    if valid and cred else "no valid token cached")
+        event(log, logging.WARNING, "credential.refresh_failed",
+              f"minting a database token for {self.source.describe} failed ({_sdk.describe_error(exc)}); "
+              f"{fallback}; next attempt in {delay:.1f}s",
+              source=self.source.describe, error=_sdk.describe_error(exc), failures=failures,
+              retry_in=round(delay, 3), transient=_sdk.is_transient(exc), stale_fallback=valid)
+
+    def _after_failure(self, exc: BaseException) -> str:
+        """A failed mint: the still-valid cached token, else CredentialsUnavailable."""
+        with self._lock:
+            cred = self._credential
+            if cred is not None and time.monotonic() < cred.usable_until:
+                self._note_fallback(cred)
+                return cred.token
+        raise self._unavailable(exc) from exc
+
+    def _waited_too_long(self, timeout: float | None) -> BaseException:
+        """Why a caller stopped waiting for the mint in flight: the last API error if there is one."""
+        waited = TimeoutError(f"no answer from the credential API within {timeout or 0:.1f}s")
+        return self._last_error or waited
+
+    def _note_fallback(self, cred: Credential) -> None:
+        """Count a token served after a failed refresh (log the first of a run). Lock held."""
+        self.counters.add("stale_served")
+        if not self._falling_back:
+            self._falling_back = True
+            event(log, logging.WARNING, "credential.stale_fallback",
+                  f"the token API is failing; using the cached token for {self.source.describe} "
+                  f"({cred.fingerprint}) until it expires in {cred.expires_in():.0f}s",
+                  source=self.source.describe, fingerprint=cred.fingerprint,
+                  expires_in=round(cred.expires_in(), 3))
+
+    def _unavailable(self, exc: BaseException) -> CredentialsUnavailable:
+        transient = _sdk.is_transient(exc)
+        cred = self._credential
+        state = ("the cached token expired" if cred is not None else "no token is cached")
+        wait = max(0.0, self._next_attempt - time.monotonic())
+        message = (f"No valid Lakebase database credential for {self.identity or 'this identity'} "
+                   f"({self.source.describe}): minting one failed ({_sdk.describe_error(exc)}) and {state}")
+        if transient:
+            message += f"; retrying by itself (next attempt in {wait:.1f}s)"
+        hint = _sdk.error_hint(exc)
+        if hint:
+            message += f". Hint: {hint}"
+        error = CredentialsUnavailable(message, cause=_sdk.root_cause(exc), transient=transient)
+        error.__cause__ = _sdk.root_cause(exc)
+        return error
+
+    # ---- background refresh (RefreshAhead) -------------------------------------------------------
+    def _background_delay(self) -> float | None:
+        """Seconds until the thread should refresh (0: now); None: nothing to do until woken."""
+        with self._lock:
+            cred = self._credential
+            if cred is None and (self._last_error is None or not _sdk.is_transient(self._last_error)):
+                # Never used, invalidated, or refused for good (bad name, no permission): the next
+                # caller mints; no point in asking the API again and again meanwhile.
+                return None
+            now = time.monotonic()
+            due = max(cred.refresh_at if cred is not None else now, self._next_attempt)
+            if self._inflight is not None:
+                return max(0.05, due - now) if due > now else 0.05
+            return max(0.0, due - now)
+
+    def _background_refresh(self) -> None:
+        self.counters.add("background_refreshes")
+        try:
+            self.refresh()
+        except Exception:  # already recorded and logged; the thread retries after the backoff
+            pass
+
+    # ---- fork ------------------------------------------------------------------------------------
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """In a forked child: nothing of the parent's that could be locked, running or connected."""
+        self._lock = threading.Lock()
+        self._inflight = None
+        self._next_attempt = 0.0
+        self.strategy.after_fork()
+        self.counters.after_fork()
+        self._pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_caches):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

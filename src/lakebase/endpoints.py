@@ -1,0 +1,244 @@
+"""Where to connect: host and user from the settings or the workspace API; DNS fallback.
+
+* Host: an explicit ``host=`` wins; else with ``read_only`` the endpoint's ``status.hosts.read_only_host``
+  (Provisioned: ``read_only_dns``); else ``PGHOST``; else the endpoint's ``status.hosts.host``
+  (Provisioned: ``read_write_dns``).
+* User: ``PGUSER`` (or ``user=``), else ``DATABRICKS_CLIENT_ID``, else ``w.current_user.me().user_name``.
+* DNS: :func:`hostaddr_for` returns an address to pass as ``hostaddr`` next to ``host`` (which stays
+  for TLS SNI) when the system resolver cannot resolve a name: ``*.localhost`` is loopback
+  (RFC 6761, as the local emulator's endpoints use), and other names are asked of the DNS servers
+  in ``/etc/resolv.conf`` directly (Python's resolver fails on long names on macOS).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import _sdk
+from .errors import ResolutionError
+from .settings import Settings
+
+log = logging.getLogger("lakebase.endpoints")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved connection target (no secrets)."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    sslmode: str
+    sslrootcert: str | None
+    application_name: str
+    name: str  # the endpoint or instance name
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+Apis = Callable[[], _sdk.BoundedApis]
+
+
+def resolve_target(settings: Settings, apis: Apis) -> Target:
+    """Look up what the settings leave open (blocking: SDK calls). ``apis()`` is only called when the
+    workspace API is needed (no PGHOST, no PGUSER)."""
+    return Target(
+        host=resolve_host(settings, apis),
+        port=settings.port,
+        database=settings.database,
+        user=resolve_user(settings, apis),
+        sslmode=settings.sslmode,
+        sslrootcert=settings.sslrootcert,
+        application_name=settings.application_name,
+        name=settings.target_name,
+    )
+
+
+def resolve_host(settings: Settings, apis: Apis) -> str:
+    explicit = settings.host is not None and settings.source("host").startswith("argument")
+    if settings.host is not None and (explicit or not settings.read_only):
+        return settings.host
+    what = "read-only host" if settings.read_only else "host"
+    try:
+        api = apis()
+        if settings.product == "autoscaling":
+            endpoint = api.call(api.postgres.get_endpoint, settings.target_name)
+            hosts = getattr(getattr(endpoint, "status", None), "hosts", None)
+            host = getattr(hosts, "read_only_host" if settings.read_only else "host", None)
+        else:
+            instance = api.call(api.database.get_database_instance, settings.target_name)
+            host = getattr(instance, "read_only_dns" if settings.read_only else "read_write_dns", None)
+    except Exception as exc:
+        hint = "set PGHOST to the endpoint's host, or " + (_sdk.error_hint(exc) or "check the workspace")
+        raise ResolutionError(
+            f"Could not look up the {what} of {settings.product} {settings.target_name!r}: "
+            f"{_sdk.describe_error(exc)}. Hint: {hint}",
+            cause=_sdk.root_cause(exc),
+        ) from exc
+    if not host:
+        hint = ("add a read replica (an ENDPOINT_TYPE_READ_ONLY endpoint) to the branch, or pass host="
+                if settings.read_only else "wait for the endpoint to be ready, or set PGHOST")
+        raise ResolutionError(f"{settings.product.capitalize()} {settings.target_name!r} has no {what} "
+                              f"(yet). Hint: {hint}")
+    return str(host)
+
+
+def resolve_user(settings: Settings, apis: Apis) -> str:
+    if settings.user:
+        return settings.user
+    try:
+        api = apis()
+        client_id = getattr(api.workspace_client.config, "client_id", None)
+        if client_id:  # a service principal configured in a profile or in code
+            return str(client_id)
+        me = api.call(api.current_user.me)
+    except Exception as exc:
+        raise ResolutionError(
+            f"Could not find out the Postgres user: PGUSER is not set and asking the workspace who we are "
+            f"failed ({_sdk.describe_error(exc)}). Hint: set PGUSER to your email (a user) or to the service "
+            "principal's client id",
+            cause=_sdk.root_cause(exc),
+        ) from exc
+    if not getattr(me, "user_name", None):
+        raise ResolutionError("The workspace returned no user name for the current identity. "
+                              "Hint: set PGUSER")
+    return str(me.user_name)
+
+
+# ---- DNS -----------------------------------------------------------------------------------------
+_DNS_TTL = 60.0
+_dns_cache: dict[str, tuple[float, str | None]] = {}
+_dns_lock = threading.Lock()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def cached_hostaddr(host: str) -> tuple[bool, str | None]:
+    """(known, hostaddr) without any I/O: lets async callers skip a thread when the answer is cached."""
+    name = host.lower().rstrip(".")
+    if _is_ip(host) or "," in host or host.startswith("/"):
+        return True, None
+    if name.endswith(".localhost"):
+        return True, "127.0.0.1"
+    hit = _dns_cache.get(name)
+    if hit is not None and hit[0] > time.monotonic():
+        return True, hit[1]
+    return False, None
+
+
+def hostaddr_for(host: str, port: int = 5432) -> str | None:
+    """An address for ``hostaddr`` when the system resolver cannot resolve ``host``; else None.
+
+    None also when nothing resolves it: the driver then reports the name error itself.
+    """
+    known, addr = cached_hostaddr(host)
+    if known:
+        return addr
+    name = host.lower().rstrip(".")
+    addr = None
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        if not (isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN):
+            addr = query_dns(name)
+            if addr is not None:
+                log.info("the system resolver could not resolve %s (%s); using %s from DNS as hostaddr",
+                         host, exc, addr)
+    with _dns_lock:
+        _dns_cache[name] = (time.monotonic() + _DNS_TTL, addr)
+    return addr
+
+
+def _nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    servers = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(parts[1].split("%")[0])
+    except OSError:
+        pass
+    return servers
+
+
+def _skip_name(data: bytes, offset: int) -> int:
+    while True:
+        length = data[offset]
+        if length & 0xC0 == 0xC0:
+            return offset + 2
+        if length == 0:
+            return offset + 1
+        offset += 1 + length
+
+
+def _parse_a_records(data: bytes, query_id: int) -> list[str]:
+    qid, flags, qdcount, ancount = struct.unpack(">HHHH", data[:8])
+    if qid != query_id or flags & 0x8000 == 0 or flags & 0x000F != 0:
+        return []
+    offset = 12
+    for _ in range(qdcount):
+        offset = _skip_name(data, offset) + 4
+    found = []
+    for _ in range(ancount):
+        offset = _skip_name(data, offset)
+        rtype, rclass, _ttl, rdlength = struct.unpack(">HHIH", data[offset:offset + 10])
+        offset += 10
+        if rtype == 1 and rclass == 1 and rdlength == 4:
+            found.append(socket.inet_ntoa(data[offset:offset + 4]))
+        offset += rdlength
+    return found
+
+
+def query_dns(name: str, servers: list[str] | None = None, timeout: float = 2.0, port: int = 53) -> str | None:
+    """Ask DNS servers for ``name``'s A record directly (no system resolver); None if none answers."""
+    try:
+        labels = [label.encode("idna") for label in name.rstrip(".").split(".")]
+    except UnicodeError:  # a label over 63 chars, or not encodable: no such name in DNS
+        return None
+    if not labels or any(not 0 < len(label) < 64 for label in labels):
+        return None
+    query_id = random.randrange(1 << 16)
+    packet = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
+    packet += b"".join(bytes([len(label)]) + label for label in labels) + b"\0" + struct.pack(">HH", 1, 1)
+    for server in servers if servers is not None else _nameservers():
+        family = socket.AF_INET6 if ":" in server else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(timeout)
+                sock.sendto(packet, (server, port))
+                data, _ = sock.recvfrom(4096)
+            addresses = _parse_a_records(data, query_id)
+        except (OSError, struct.error, IndexError):
+            continue
+        if addresses:
+            return addresses[0]
+    return None
+
+
+def _after_fork_in_child() -> None:
+    global _dns_lock
+    _dns_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+__all__ = ["Target", "cached_hostaddr", "hostaddr_for", "query_dns", "resolve_host", "resolve_target",
+           "resolve_user"]

@@ -1,0 +1,336 @@
+"""psycopg 3: :func:`connect`, :func:`connect_async`, :class:`ConnectionPool`, :class:`AsyncConnectionPool`.
+
+Every connection gets a valid token as its password and is opened inside the retry loop of
+:mod:`lakebase.retry` (transient errors back off until the connect deadline; a refused token is
+replaced once). Settings come from the arguments named like :class:`~lakebase.Settings` fields,
+then the environment; everything else is passed to psycopg (``autocommit``, ``row_factory``,
+``options``, ...) or, for the pools, to psycopg_pool (``min_size``, ``max_size``, ``timeout``, ...).
+
+The pools are psycopg_pool pools whose new connections always carry a valid token, with
+Lakebase-aware defaults (:data:`POOL_DEFAULTS`). When a pool cannot connect, ``getconn()`` and
+``wait()`` raise :class:`PoolTimeout` (a ``psycopg_pool.PoolTimeout`` and a
+:class:`~lakebase.LakebaseError`) naming the cause (token API down, role missing, permission
+denied...) with the last connect error chained, instead of a bare timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from dataclasses import fields
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
+
+from ._redact import redact, safe_conninfo
+from .connector import Connector, get_connector
+from .credentials import CredentialCache
+from .endpoints import Target, cached_hostaddr, hostaddr_for
+from .errors import ConfigurationError, LakebaseError
+from .settings import SAFE_SSLMODES, Settings
+
+SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sources")
+
+#: TCP keepalives: notice a dead peer (a restarted compute, a dropped NAT entry) within ~1 minute.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+#: Pool defaults: check connections before handing them out (a restart or scale-to-zero ends
+#: sessions), recycle them well before Lakebase's 3-day maximum life and its 24 h idle timeout.
+POOL_DEFAULTS: dict[str, Any] = {
+    "max_lifetime": 3600.0,
+    "max_idle": 600.0,
+}
+
+
+def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    overrides = {k: v for k, v in options.items() if k in SETTINGS_FIELDS}
+    rest = {k: v for k, v in options.items() if k not in SETTINGS_FIELDS}
+    return overrides, rest
+
+
+def libpq_params(target: Target, hostaddr: str | None = None) -> dict[str, Any]:
+    """The connection parameters of ``target`` for libpq/psycopg, without the password."""
+    params: dict[str, Any] = {
+        "host": target.host,
+        "port": target.port,
+        "dbname": target.database,
+        "user": target.user,
+        "sslmode": target.sslmode,
+        "application_name": target.application_name,
+        **KEEPALIVES,
+    }
+    if target.sslrootcert:
+        params["sslrootcert"] = target.sslrootcert
+    if hostaddr:
+        params["hostaddr"] = hostaddr
+    return params
+
+
+def _params(target: Target, hostaddr: str | None, conninfo: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Ours, then the caller's conninfo, then the caller's keyword arguments; the password stays ours."""
+    params = libpq_params(target, hostaddr)
+    given = {**(conninfo_to_dict(conninfo) if conninfo else {}), **kwargs}
+    for secret in ("password", "passfile"):
+        if given.get(secret) is not None:
+            raise ConfigurationError(
+                f"{secret}= was given, but lakebase sets the password (a fresh OAuth token) itself",
+                setting=secret, value="[REDACTED]", fix=f"remove {secret} from the connection arguments",
+            )
+        given.pop(secret, None)
+    if "host" in given and "hostaddr" not in given:
+        params.pop("hostaddr", None)
+    params.update(given)
+    mode = str(params.get("sslmode", "")).lower()
+    if mode not in SAFE_SSLMODES:
+        raise ConfigurationError(
+            f"sslmode={mode!r} in the connection arguments: Lakebase requires TLS "
+            "(the token is the password)",
+            setting="sslmode", value=mode, fix="use sslmode=require (or verify-full), or leave it out",
+        )
+    return params
+
+
+def _timeout(attempt_timeout: float, requested: Any) -> int:
+    """libpq's connect_timeout: whole seconds, at least 2; never longer than the caller asked for."""
+    seconds = attempt_timeout
+    if requested not in (None, ""):
+        try:
+            if float(requested) > 0:
+                seconds = min(seconds, float(requested))
+        except (TypeError, ValueError):
+            pass
+    return max(2, math.ceil(seconds))
+
+
+def conninfo_for_display(connector: Connector) -> str:
+    """The conninfo a connection of ``connector`` uses, with the password masked (for logs and UIs)."""
+    return safe_conninfo({**libpq_params(connector.target()), "password": "x"})
+
+
+# ---- connect -----------------------------------------------------------------------------------
+def _connect(connector: Connector, connection_class: type[psycopg.Connection[Any]], conninfo: str,
+             kwargs: dict[str, Any]) -> psycopg.Connection[Any]:
+    target = connector.prepare()
+    params = _params(target, hostaddr_for(target.host, target.port), conninfo, kwargs)
+    requested = params.pop("connect_timeout", None)
+
+    def attempt(password: str, timeout: float) -> psycopg.Connection[Any]:
+        return connection_class.connect(**params, password=password,
+                                        connect_timeout=_timeout(timeout, requested))
+
+    return connector.connect(attempt)
+
+
+async def _aconnect(connector: Connector, connection_class: type[psycopg.AsyncConnection[Any]], conninfo: str,
+                    kwargs: dict[str, Any]) -> psycopg.AsyncConnection[Any]:
+    target = await connector.atarget()
+    known, hostaddr = cached_hostaddr(target.host)
+    if not known:
+        hostaddr = await asyncio.to_thread(hostaddr_for, target.host, target.port)
+    params = _params(target, hostaddr, conninfo, kwargs)
+    requested = params.pop("connect_timeout", None)
+
+    async def attempt(password: str, timeout: float) -> psycopg.AsyncConnection[Any]:
+        return await connection_class.connect(**params, password=password,
+                                              connect_timeout=_timeout(timeout, requested))
+
+    return await connector.aconnect(attempt)
+
+
+def connect(conninfo: str = "", *, settings: Settings | None = None, workspace_client: Any = None,
+            credentials: CredentialCache | None = None,
+            connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
+            **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a psycopg connection to Lakebase, configured from ``kwargs`` and the environment.
+
+    ``lakebase.connect()`` alone works in a Databricks App and on a laptop with ``PGHOST``/``PGUSER``
+    (optional) and ``ENDPOINT_NAME`` set. Keyword arguments named like :class:`~lakebase.Settings`
+    fields override the environment; the others go to ``psycopg.Connection.connect``.
+    ``workspace_client`` defaults to ``WorkspaceClient()``; ``credentials`` to the process-wide
+    cache of that identity.
+
+    Raises :class:`~lakebase.ConfigurationError`, :class:`~lakebase.CredentialsUnavailable` or
+    :class:`~lakebase.ConnectionFailed` (and its subclasses), with the driver's error as the cause.
+    """
+    overrides, conn_kwargs = _split(kwargs)
+    connector = get_connector(settings, workspace_client, credentials, **overrides)
+    return _connect(connector, connection_class, conninfo, conn_kwargs)
+
+
+async def connect_async(conninfo: str = "", *, settings: Settings | None = None, workspace_client: Any = None,
+                        credentials: CredentialCache | None = None,
+                        connection_class: type[psycopg.AsyncConnection[Any]] = psycopg.AsyncConnection,
+                        **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """The async twin of :func:`connect`: nothing blocking runs on the event loop."""
+    overrides, conn_kwargs = _split(kwargs)
+    connector = get_connector(settings, workspace_client, credentials, **overrides)
+    return await _aconnect(connector, connection_class, conninfo, conn_kwargs)
+
+
+# ---- pools -------------------------------------------------------------------------------------
+class PoolTimeout(LakebaseError, psycopg_pool.PoolTimeout):
+    """No connection within the pool's timeout, and why: the pool's last connect error (also
+    ``cause`` and ``__cause__``)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class _LastError:
+    """The pool's most recent connect failure (cleared by a success), for explaining timeouts."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.when = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, error: BaseException | None) -> None:
+        with self._lock:
+            self.error, self.when = error, time.monotonic()
+
+    def explain(self, exc: psycopg_pool.PoolTimeout, pool_name: str) -> psycopg_pool.PoolTimeout:
+        error = self.error
+        if error is None or isinstance(exc, PoolTimeout):
+            return exc
+        ago = time.monotonic() - self.when
+        message = (f"{exc} (pool {pool_name!r}): the pool cannot open connections; the last attempt "
+                   f"{ago:.1f}s ago failed: {redact(str(error))}")
+        timeout = PoolTimeout(message, error)
+        timeout.__cause__ = error
+        return timeout
+
+
+def _pool_options(options: dict[str, Any], check: Any, connector: Connector) -> dict[str, Any]:
+    merged = {**POOL_DEFAULTS, "check": check, **options}
+    if not merged.get("name"):
+        merged["name"] = "lakebase-" + connector.settings.target_name.rsplit("/", 1)[-1]
+    return merged
+
+
+class ConnectionPool(psycopg_pool.ConnectionPool):
+    """A psycopg_pool ``ConnectionPool`` whose new connections always carry a valid token.
+
+    Arguments named like :class:`~lakebase.Settings` fields configure the target (over the
+    environment); ``settings``, ``workspace_client`` and ``credentials`` as for :func:`connect`;
+    every other argument is psycopg_pool's (``conninfo``, ``kwargs``, ``min_size``, ``max_size``,
+    ``open``, ``timeout``, ...). Defaults: ``check=ConnectionPool.check_connection``,
+    ``max_lifetime=3600``, ``max_idle=600``, a ``name`` after the endpoint. ``stats()`` adds the
+    lakebase counters to ``get_stats()``.
+    """
+
+    def __init__(self, conninfo: Any = "", *, settings: Settings | None = None, workspace_client: Any = None,
+                 credentials: CredentialCache | None = None,
+                 connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
+                 **options: Any) -> None:
+        overrides, pool_options = _split(options)
+        self.connector = get_connector(settings, workspace_client, credentials, **overrides)
+        self._last_error = _LastError()
+        pool_class = _sync_connection_class(connection_class, self.connector, self._last_error)
+        super().__init__(conninfo, connection_class=pool_class,
+                         **_pool_options(pool_options, psycopg_pool.ConnectionPool.check_connection,
+                                         self.connector))
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        try:
+            return super().getconn(timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            explained = self._last_error.explain(exc, self.name)
+            if explained is exc:
+                raise
+            raise explained from self._last_error.error
+
+    def wait(self, timeout: float = 30.0) -> None:
+        try:
+            super().wait(timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            explained = self._last_error.explain(exc, self.name)
+            if explained is exc:
+                raise
+            raise explained from self._last_error.error
+
+    def stats(self) -> dict[str, Any]:
+        error = self._last_error.error
+        return {"pool": self.get_stats(), **self.connector.stats(),
+                "last_connect_error": redact(str(error)) if error else None}
+
+
+class AsyncConnectionPool(psycopg_pool.AsyncConnectionPool):
+    """The asyncio twin of :class:`ConnectionPool` (a psycopg_pool ``AsyncConnectionPool``)."""
+
+    def __init__(self, conninfo: Any = "", *, settings: Settings | None = None, workspace_client: Any = None,
+                 credentials: CredentialCache | None = None,
+                 connection_class: type[psycopg.AsyncConnection[Any]] = psycopg.AsyncConnection,
+                 **options: Any) -> None:
+        overrides, pool_options = _split(options)
+        self.connector = get_connector(settings, workspace_client, credentials, **overrides)
+        self._last_error = _LastError()
+        pool_class = _async_connection_class(connection_class, self.connector, self._last_error)
+        super().__init__(conninfo, connection_class=pool_class,
+                         **_pool_options(pool_options, psycopg_pool.AsyncConnectionPool.check_connection,
+                                         self.connector))
+
+    async def getconn(self, timeout: float | None = None) -> Any:
+        try:
+            return await super().getconn(timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            explained = self._last_error.explain(exc, self.name)
+            if explained is exc:
+                raise
+            raise explained from self._last_error.error
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        try:
+            await super().wait(timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            explained = self._last_error.explain(exc, self.name)
+            if explained is exc:
+                raise
+            raise explained from self._last_error.error
+
+    def stats(self) -> dict[str, Any]:
+        error = self._last_error.error
+        return {"pool": self.get_stats(), **self.connector.stats(),
+                "last_connect_error": redact(str(error)) if error else None}
+
+
+# The pools open connections through `connection_class.connect(conninfo, **kwargs)`: these
+# subclasses route that call through the lakebase connect loop (and note failures for the pool).
+
+
+def _sync_connection_class(base: type[psycopg.Connection[Any]], connector: Connector,
+                           last_error: _LastError) -> type[psycopg.Connection[Any]]:
+    class LakebaseConnection(base):  # type: ignore[valid-type,misc]
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            try:
+                conn = _connect(connector, base, conninfo, kwargs)
+            except Exception as exc:
+                last_error.record(exc)
+                raise
+            last_error.record(None)
+            return conn
+
+    LakebaseConnection.__qualname__ = LakebaseConnection.__name__ = f"Lakebase{base.__name__}"
+    return LakebaseConnection
+
+
+def _async_connection_class(base: type[psycopg.AsyncConnection[Any]], connector: Connector,
+                            last_error: _LastError) -> type[psycopg.AsyncConnection[Any]]:
+    class LakebaseAsyncConnection(base):  # type: ignore[valid-type,misc]
+        @classmethod
+        async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            try:
+                conn = await _aconnect(connector, base, conninfo, kwargs)
+            except Exception as exc:
+                last_error.record(exc)
+                raise
+            last_error.record(None)
+            return conn
+
+    LakebaseAsyncConnection.__qualname__ = LakebaseAsyncConnection.__name__ = f"Lakebase{base.__name__}"
+    return LakebaseAsyncConnection

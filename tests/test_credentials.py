@@ -1,0 +1,389 @@
+"""The credential cache against the emulator's real token API: single flight, rotation, refresh
+strategies, stale fallback through outages, bounded SDK retries, fork safety."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from databricks.sdk.errors import TemporarilyUnavailable, TooManyRequests
+
+import lakebase
+from lakebase import CredentialCache, CredentialsUnavailable, _sdk
+from lakebase.credentials import Credential, EndpointTokenSource, Lazy, RefreshAhead, parse_rfc3339
+from lakebase.emulator import Emulator
+
+from .lakebase_support import end_outage, fresh_cache, isolated_registries, issued, pat_client, wait_for
+
+
+@pytest.fixture(autouse=True)
+def _isolated() -> Iterator[None]:
+    yield from isolated_registries()
+
+
+def owner_query(emu: Emulator, token: str) -> int:
+    with psycopg.connect(host="localhost", port=emu.pg_port, user=emu.owner.name,
+                         dbname="databricks_postgres", sslmode="require", password=token,
+                         connect_timeout=10) as conn:
+        row = conn.execute("SELECT 1").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+# ---- pure parts --------------------------------------------------------------------------------
+def test_parse_rfc3339() -> None:
+    utc = UTC
+    assert parse_rfc3339("2026-11-21T09:11:21.669877Z") == datetime(2026, 11, 21, 9, 11, 21, 669877, utc)
+    assert parse_rfc3339("2026-11-21T09:11:21.669877123Z") == datetime(2026, 11, 21, 9, 11, 21, 669877, utc)
+    assert parse_rfc3339("2026-11-21T09:11:21Z") == datetime(2026, 11, 21, 9, 11, 21, tzinfo=utc)
+    assert parse_rfc3339("2026-11-21T10:11:21.5+01:00") == datetime(2026, 11, 21, 9, 11, 21, 500000, utc)
+
+
+def test_credential_timing() -> None:
+    cred = Credential("t" * 20, datetime.now(UTC), obtained=1000.0, lifetime=3600.0)
+    assert cred.margin == 60.0 and cred.usable_until == 1000.0 + 3540.0
+    assert cred.refresh_at == 1000.0 + 1800.0  # half-life
+    short = Credential("t" * 20, datetime.now(UTC), obtained=0.0, lifetime=10.0)
+    assert short.margin == 1.0 and short.refresh_at == 5.0 and short.usable_until == 9.0
+
+
+# ---- single flight -----------------------------------------------------------------------------
+def test_fifty_threads_on_a_cold_cache_cause_one_api_call(emulator: Emulator) -> None:
+    cache = fresh_cache(emulator)
+    before = issued(emulator)
+    barrier = threading.Barrier(50)
+
+    def get() -> str:
+        barrier.wait()
+        return cache.token()
+
+    with ThreadPoolExecutor(50) as pool:
+        tokens = list(pool.map(lambda _: get(), range(50)))
+    assert issued(emulator) - before == 1
+    assert len(set(tokens)) == 1
+    assert cache.stats()["mints"] == 1
+    cache.close()
+
+
+def test_fifty_tasks_on_a_cold_cache_cause_one_api_call_off_the_event_loop(emulator: Emulator) -> None:
+    minted_on: list[int] = []
+
+    class Recording(EndpointTokenSource):
+        def mint(self) -> Credential:
+            minted_on.append(threading.get_ident())
+            return super().mint()
+
+    cache = CredentialCache(Recording(_sdk.BoundedApis(pat_client(emulator), 5), emulator.endpoint_name))
+    before = issued(emulator)
+
+    async def main() -> tuple[list[str], int]:
+        tokens = await asyncio.gather(*(cache.atoken() for _ in range(50)))
+        return list(tokens), threading.get_ident()
+
+    tokens, loop_thread = asyncio.run(main())
+    assert issued(emulator) - before == 1 and len(set(tokens)) == 1
+    assert len(minted_on) == 1 and minted_on[0] != loop_thread  # the SDK never ran on the event loop
+    cache.close()
+
+
+def test_threads_and_tasks_together_share_one_mint(emulator: Emulator) -> None:
+    cache = fresh_cache(emulator)
+    before = issued(emulator)
+    start = threading.Event()
+
+    def in_thread() -> str:
+        start.wait()
+        return cache.token()
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.run_in_executor(None, in_thread) for _ in range(20)]
+        start.set()
+        return list(await asyncio.gather(*futures, *(cache.atoken() for _ in range(20))))
+
+    tokens = asyncio.run(main())
+    assert issued(emulator) - before == 1 and len(set(tokens)) == 1
+    cache.close()
+
+
+def test_one_token_serves_every_connection(emulator: Emulator) -> None:
+    cache = fresh_cache(emulator)
+    before = issued(emulator)
+    for _ in range(5):
+        assert owner_query(emulator, cache.token()) == 1
+    assert issued(emulator) - before == 1
+    cache.close()
+
+
+def test_a_cancelled_awaiter_does_not_cancel_the_shared_mint(emulator: Emulator) -> None:
+    emulator.configure(latency_ms=300)
+    cache = fresh_cache(emulator)
+
+    async def main() -> str:
+        first = asyncio.ensure_future(cache.atoken())
+        second = asyncio.ensure_future(cache.atoken())
+        await asyncio.sleep(0.05)
+        first.cancel()
+        return await second
+
+    token = asyncio.run(main())
+    assert token and cache.stats()["mints"] == 1
+    cache.close()
+
+
+# ---- refresh strategies and rotation -------------------------------------------------------------
+def test_refresh_ahead_refreshes_in_the_background(emulator: Emulator) -> None:
+    emulator.configure(token_ttl_seconds=2)
+    cache = fresh_cache(emulator, strategy="ahead")
+    first = cache.token()
+    # Nobody asks for a token: the background thread replaces it at about half its life.
+    wait_for(lambda: cache.stats()["mints"] >= 2)
+    assert cache.token() != first
+    assert cache.stats()["background_refreshes"] >= 1
+    assert any(t.name == "lakebase-credential-refresh" for t in threading.enumerate())
+    cache.close()
+
+
+def test_lazy_has_no_thread_and_refreshes_when_asked(emulator: Emulator) -> None:
+    emulator.configure(token_ttl_seconds=2)
+    cache = fresh_cache(emulator, strategy="lazy")
+    assert isinstance(cache.strategy, Lazy)
+    first = cache.token()
+    cred = cache.credential
+    assert cred is not None
+    wait_for(lambda: time.monotonic() > cred.refresh_at)
+    assert cache.stats()["mints"] == 1  # nothing happened by itself
+    second = cache.token()  # past the half-life: this caller refreshes inline
+    assert second != first and cache.stats()["mints"] == 2
+    assert cache.stats()["strategy"] == "lazy"
+
+
+@pytest.mark.parametrize("strategy", ["ahead", "lazy"])
+def test_rotation_over_many_lifetimes_with_threads_and_tasks(emulator: Emulator, strategy: str) -> None:
+    """Tokens of 2 s, connections for ~3 lifetimes from 4 threads and 4 tasks: zero errors."""
+    emulator.configure(token_ttl_seconds=2)
+    cache = fresh_cache(emulator, strategy=strategy)
+    before = issued(emulator)
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 5
+    connects = 0
+    lock = threading.Lock()
+
+    def worker() -> None:
+        nonlocal connects
+        while time.monotonic() < stop:
+            try:
+                assert owner_query(emulator, cache.token()) == 1
+                with lock:
+                    connects += 1
+            except BaseException as exc:
+                errors.append(exc)
+            time.sleep(0.05)
+
+    async def task() -> None:
+        nonlocal connects
+        while time.monotonic() < stop:
+            try:
+                token = await cache.atoken()
+                conn = await psycopg.AsyncConnection.connect(
+                    host="localhost", port=emulator.pg_port, user=emulator.owner.name,
+                    dbname="databricks_postgres", sslmode="require", password=token, connect_timeout=10)
+                async with conn:
+                    await conn.execute("SELECT 1")
+                connects += 1
+            except BaseException as exc:
+                errors.append(exc)
+            await asyncio.sleep(0.05)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task() for _ in range(4)))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    asyncio.run(tasks())
+    for t in threads:
+        t.join()
+    cache.close()
+    assert errors == []
+    assert connects > 20
+    assert issued(emulator) - before >= 3  # it did rotate across lifetimes
+
+
+# ---- stale fallback, outages, recovery -------------------------------------------------------------
+def test_an_outage_shorter_than_the_token_life_causes_no_error(emulator: Emulator) -> None:
+    emulator.configure(token_ttl_seconds=10)
+    cache = fresh_cache(emulator, strategy="ahead", api_timeout=1)
+    first = cache.token()
+    emulator.credential_outage(6, status=503)
+    errors: list[BaseException] = []
+    # Keep connecting while the background refresh (due at ~5 s) fails, until a new token arrives.
+    deadline = time.monotonic() + 30
+    while cache.stats()["mints"] < 2 and time.monotonic() < deadline:
+        try:
+            assert owner_query(emulator, cache.token()) == 1
+        except BaseException as exc:
+            errors.append(exc)
+        time.sleep(0.1)
+    stats = cache.stats()
+    cache.close()
+    assert errors == []
+    assert stats["mints"] == 2 and stats["failures"] >= 1  # it failed, fell back, then recovered by itself
+    assert stats["stale_served"] >= 1
+    assert cache.token() != first
+
+
+def test_an_outage_longer_than_the_token_life_then_recovery(emulator: Emulator,
+                                                            clean_env: pytest.MonkeyPatch) -> None:
+    emulator.configure(token_ttl_seconds=3)
+    cache = fresh_cache(emulator, strategy="ahead", api_timeout=1)
+    cache.token()
+    emulator.credential_outage(120, status=503)
+
+    def unavailable() -> CredentialsUnavailable | None:
+        try:
+            cache.token(timeout=5)
+        except CredentialsUnavailable as exc:
+            return exc
+        return None
+
+    exc = wait_for(unavailable)
+    assert exc.transient
+    assert isinstance(exc.cause, TemporarilyUnavailable) and exc.__cause__ is exc.cause
+    text = str(exc)
+    assert "TemporarilyUnavailable (HTTP 503)" in text and "the cached token expired" in text
+    assert "retrying by itself" in text
+    # Through the psycopg layer, within a short connect deadline: the same clear error.
+    with pytest.raises(CredentialsUnavailable):
+        lakebase.connect(host="localhost", port=emulator.pg_port, user=emulator.owner.name,
+                         endpoint=emulator.endpoint_name, credentials=cache, connect_deadline=1)
+    end_outage(emulator)
+    # Nobody calls: the background thread recovers by itself.
+    wait_for(lambda: cache.credential is not None and cache.credential.expires_in() > 1)
+    assert owner_query(emulator, cache.token()) == 1
+    assert cache.stats()["consecutive_failures"] == 0
+    cache.close()
+
+
+def test_lazy_also_falls_back_and_recovers(emulator: Emulator) -> None:
+    emulator.configure(token_ttl_seconds=8)
+    cache = fresh_cache(emulator, strategy="lazy", api_timeout=1)
+    first = cache.token()
+    cred = cache.credential
+    assert cred is not None
+    emulator.credential_outage(120, status=503)
+    wait_for(lambda: time.monotonic() > cred.refresh_at)
+    assert cache.token() == first  # the refresh failed: the still-valid token is used
+    assert cache.stats()["failures"] == 1 and cache.stats()["stale_served"] >= 1
+    end_outage(emulator)
+
+    def recovered() -> bool:
+        try:
+            return cache.token() != first
+        except CredentialsUnavailable:  # expired meanwhile and backing off: the next attempt will do
+            return False
+
+    wait_for(recovered)
+
+
+def test_throttling_honours_retry_after(emulator: Emulator) -> None:
+    cache = fresh_cache(emulator, strategy="lazy", api_timeout=1)
+    emulator.credential_outage(30, status=429)
+    with pytest.raises(CredentialsUnavailable) as info:
+        cache.token()
+    assert isinstance(info.value.cause, TooManyRequests) and info.value.transient
+    # The next attempt waits for Retry-After (whole seconds left of the outage): no new API call now.
+    before = emulator.stats()["credential_requests_rejected"]
+    with pytest.raises(CredentialsUnavailable, match="next attempt in"):
+        cache.token()
+    assert emulator.stats()["credential_requests_rejected"] == before
+    assert cache._next_attempt - time.monotonic() > 5  # scheduled after the server's Retry-After
+
+
+def test_sdk_retries_are_bounded_and_the_callers_config_is_untouched(emulator: Emulator) -> None:
+    w = pat_client(emulator)
+    retry_timeout = w.config.retry_timeout_seconds
+    apis = _sdk.BoundedApis(w, 1)
+    emulator.credential_outage(60, status=429)  # Retry-After: 60
+    with pytest.raises(Exception) as info:
+        apis.call(apis.postgres.generate_database_credential, endpoint=emulator.endpoint_name)
+    assert isinstance(_sdk.root_cause(info.value), TooManyRequests)
+    assert _sdk.is_transient(info.value) and _sdk.retry_after(info.value) is not None
+    # It gave up long before the outage (and the SDK's default 300 s) was over.
+    assert emulator.stats()["credential_outage_seconds_left"] > 30
+    assert w.config.retry_timeout_seconds == retry_timeout
+
+
+def test_permanent_api_errors_are_not_transient(emulator: Emulator) -> None:
+    apis = _sdk.BoundedApis(pat_client(emulator), 5)
+    cache = CredentialCache(EndpointTokenSource(apis, "projects/emulator/branches/production/endpoints/nope"),
+                            Lazy())
+    with pytest.raises(CredentialsUnavailable) as info:
+        cache.token()
+    assert not info.value.transient
+    assert "NotFound (HTTP 404)" in str(info.value) and "Hint: check the endpoint" in str(info.value)
+
+
+def test_invalidate_drops_only_the_refused_token(emulator: Emulator) -> None:
+    cache = fresh_cache(emulator, strategy="lazy")
+    first = cache.token()
+    cache.invalidate("some-other-token")
+    assert cache.token() == first
+    emulator.expire_tokens()
+    before = issued(emulator)
+    cache.invalidate(first)
+    cache.invalidate(first)  # many refused connections, one new mint
+    second = cache.token()
+    assert second != first and issued(emulator) - before == 1
+    assert owner_query(emulator, second) == 1
+
+
+# ---- fork ----------------------------------------------------------------------------------------
+def test_a_forked_child_uses_its_own_lock_thread_and_sessions(emulator: Emulator) -> None:
+    cache = fresh_cache(emulator, strategy="ahead")
+    parent_token = cache.token()
+    parent_session = cache.source.apis._client()  # type: ignore[attr-defined]
+    cache._lock.acquire()  # held by the parent at fork time: a child using it would hang
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            code = 1
+            try:
+                assert cache.token() == parent_token  # a plain value, still valid
+                assert cache.refresh().token != parent_token  # its own HTTP session
+                assert cache.source.apis._client() is not parent_session  # type: ignore[attr-defined]
+                assert owner_query(emulator, cache.token()) == 1
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        cache._lock.release()
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung (did it use the parent's lock?)")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.token() == parent_token  # the parent is unaffected
+    cache.close()
+
+
+def test_repr_and_stats_never_show_the_token(emulator: Emulator) -> None:
+    cache = fresh_cache(emulator, strategy="lazy")
+    token = cache.token()
+    for text in (repr(cache), str(cache), repr(cache.credential), str(cache.stats())):
+        assert token not in text and token[:16] not in text
+    assert isinstance(cache.strategy, Lazy) and not isinstance(cache.strategy, RefreshAhead)
