@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("lakebase.emulator.postgres")
 
@@ -101,7 +102,7 @@ class PostgresServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = pgdata.parent / "postgres.log"
 
-    def _as_user(self) -> dict[str, object]:
+    def _as_user(self) -> dict[str, Any]:
         """subprocess arguments that drop root: user, its group, and no supplementary groups."""
         if self.user is None:
             return {}

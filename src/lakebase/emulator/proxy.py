@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import wire
 from .state import ACTIVE, IDLE, INIT, Endpoint
@@ -62,7 +62,7 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
     terminating: str | None = None
-    transports: list[asyncio.BaseTransport] = field(default_factory=list)
+    transports: list[asyncio.Transport] = field(default_factory=list)
     # The stream writers of the login phase close their transport when garbage-collected: keep them.
     writers: tuple[asyncio.StreamWriter, ...] = ()
 
@@ -333,8 +333,8 @@ class Proxy:
     def _hand_off(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                   b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
         """From here on the proxy only moves bytes: switch both transports to forwarding protocols."""
-        client_t = writer.transport
-        backend_t = b_writer.transport
+        client_t = cast(asyncio.Transport, writer.transport)
+        backend_t = cast(asyncio.Transport, b_writer.transport)
         closed = False
 
         def lost() -> None:
@@ -349,7 +349,7 @@ class Proxy:
 
         to_backend = _Pipe(session, lost)
         to_client = _Pipe(session, lost)
-        to_backend.peer, to_client.peer = backend_t, client_t  # type: ignore[assignment]
+        to_backend.peer, to_client.peer = backend_t, client_t
         pending_client = bytes(reader._buffer)  # type: ignore[attr-defined]  # pipelined early bytes
         pending_backend = bytes(b_reader._buffer)  # type: ignore[attr-defined]
         client_t.set_protocol(to_backend)

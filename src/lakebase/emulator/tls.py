@@ -72,7 +72,10 @@ def ensure_certificates(directory: Path) -> tuple[Path, Path, Path]:
         cert_path.unlink(missing_ok=True)
 
     if not (_cert_is_usable(cert_path) and key_path.exists()):
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{ca_key_path} is not an EC key; delete ca.pem and ca-key.pem to have new ones made")
+        ca_key = loaded
         ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVER_NAMES]
@@ -88,7 +91,7 @@ def ensure_certificates(directory: Path) -> tuple[Path, Path, Path]:
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+            .sign(ca_key, hashes.SHA256())
         )
         _write_key(key_path, key)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
