@@ -12,6 +12,16 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# System tools some tests drive: headless Chromium (tests/test_browser.py) and a TLS-capable psql
+	@# (`lakebase psql`). Installed with apt when running as root; otherwise those tests skip, saying why.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v psql >/dev/null || missing="$$missing postgresql-client"; \
+	  if [ -n "$$missing" ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "note: could not install$$missing; the tests that need it will be skipped"; \
+	  fi; \
+	fi
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -21,6 +31,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps
+	@$(BIN)/mypy src/lakebase
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

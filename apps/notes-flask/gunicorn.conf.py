@@ -1,0 +1,48 @@
+"""gunicorn settings for the notes app: the same file serves it locally and as a Databricks App.
+
+Databricks Apps tell the app its port in DATABRICKS_APP_PORT; locally it defaults to 8000. Command-line
+options (e.g. ``--bind 127.0.0.1:8000 --workers 4 --preload``) override these.
+"""
+
+import os
+import secrets
+
+bind = f"0.0.0.0:{os.environ.get('DATABRICKS_APP_PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"  # threads share one lakebase pool (and one token) per worker process
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+timeout = 60
+graceful_timeout = 15
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+control_socket_disable = True  # gunicorn >= 27: no shared ~/.gunicorn/gunicorn.ctl between instances
+
+# Every worker must sign sessions (and so CSRF tokens) with the same key. app.py derives one from the
+# app's own secret when Databricks injects it; without one, pick a key here, in the master, before the
+# workers fork, so that they all inherit it.
+if not any(os.environ.get(k) for k in ("FLASK_SECRET_KEY", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_TOKEN")):
+    os.environ["FLASK_SECRET_KEY"] = secrets.token_hex(32)
+
+
+def post_worker_init(worker):
+    """Open the worker's pool now (in the worker, after the fork): it connects in the background, so the
+    first request does not wait for the workspace client, the first token and the first login."""
+    import sys
+
+    module = sys.modules.get("app")
+    if module is not None and hasattr(module, "get_pool"):
+        try:
+            module.get_pool()
+        except Exception as exc:  # a configuration error: requests (and /healthz) will report it
+            worker.log.warning("could not open the database pool: %s", exc)
+
+
+def worker_exit(server, worker):
+    """Close the worker's pool (its connections end cleanly instead of being dropped)."""
+    import sys
+
+    module = sys.modules.get("app")
+    if module is not None and hasattr(module, "close_pool"):
+        module.close_pool()

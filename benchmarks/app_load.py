@@ -1,0 +1,289 @@
+"""HTTP load on the Flask notes app (lakebase) and on the tutorial's app, under token rotation and a restart.
+
+    .venv/bin/python -m benchmarks.app_load [--seconds 60] [--clients 8]
+
+Both apps run under gunicorn with the same settings (2 workers x 4 threads, gthread) as the app's
+service principal (OAuth M2M, the emulator's app.env), one after the other against one emulator in
+its own process, with database credentials that live 10 s (``token_ttl_seconds=10``) and one compute
+restart halfway through each run. Concurrent clients send 90% page reads (``GET /``) and 10% writes
+(``POST /api/notes``; through ``lakebase.run_transaction`` in the lakebase app). Reported per app:
+requests served, non-2xx (goal: zero for reads), p50/p99 latency, credential API calls and logins
+(emulator stats). Results: results/app_load.json, .md and .png (latency over time, faults marked).
+This is not a test: nothing asserts on the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lakebase.cli import clean_environment, free_port, start_gunicorn, stop_process_group, wait_http_ok
+from lakebase.emulator import EmulatorProcess
+
+from ._common import RESULTS, write_results
+
+HERE = Path(__file__).resolve().parent
+FLASK_APP = HERE.parent / "apps" / "notes-flask"
+WORKERS, THREADS = 2, 4
+TOKEN_TTL = 10.0
+WRITE_SHARE = 0.10
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the load started
+    ms: float
+    status: int  # 0: no HTTP answer (connection error, timeout)
+    op: str
+
+
+@dataclass
+class Phase:
+    name: str
+    samples: list[Sample] = field(default_factory=list)
+    mints: list[float] = field(default_factory=list)  # when the emulator issued credentials (load clock)
+    restart_at: float | None = None
+    seconds: float = 0.0
+    credentials: int = 0
+    logins: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+# ---- the apps ------------------------------------------------------------------------------------------
+def start_lakebase_app(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    return start_gunicorn(FLASK_APP, {**env, "GUNICORN_THREADS": str(THREADS)}, port, WORKERS, log,
+                          extra_args=("--access-logfile", "/dev/null"))
+
+
+def start_baseline_app(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--worker-class", "gthread",
+             "--threads", str(THREADS), "--bind", f"127.0.0.1:{port}", "--timeout", "60",
+             "baseline_tutorial_app:app"],
+            cwd=HERE, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+
+
+# ---- load ----------------------------------------------------------------------------------------------
+def client_loop(url: str, started: float, until: float, out: list[Sample], errors: dict[str, int],
+                lock: threading.Lock, seed: int) -> None:
+    rng = random.Random(seed)
+    local: list[Sample] = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while time.monotonic() < until:
+            write = rng.random() < WRITE_SHARE
+            t0 = time.monotonic()
+            status = 0
+            try:
+                if write:
+                    resp = http.post("/api/notes", json={"content": f"load {uuid.uuid4().hex[:10]}"})
+                else:
+                    resp = http.get("/")
+                status = resp.status_code
+            except httpx.HTTPError as exc:
+                with lock:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            t1 = time.monotonic()
+            local.append(Sample(t0 - started, (t1 - t0) * 1000, status, "write" if write else "read"))
+    with lock:
+        out.extend(local)
+
+
+def monitor(emu: EmulatorProcess, started: float, stop: threading.Event, phase: Phase) -> None:
+    last = int(emu.stats()["credentials_issued"])
+    while not stop.wait(0.25):
+        issued = int(emu.stats()["credentials_issued"])
+        phase.mints.extend([time.monotonic() - started] * (issued - last))
+        last = issued
+
+
+def run_phase(name: str, emu: EmulatorProcess, app_env: dict[str, str], seconds: float, clients: int,
+              workdir: Path) -> Phase:
+    phase = Phase(name)
+    port = free_port()
+    log = workdir / f"{name}.log"
+    before = emu.stats()
+    start = start_lakebase_app if name == "lakebase" else start_baseline_app
+    proc = start(app_env, port, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if wait_http_ok(url + "/", 60, alive=lambda: proc.poll() is None) is None:
+            raise SystemExit(f"{name} app did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+        lock = threading.Lock()
+        started = time.monotonic()
+        until = started + seconds
+        stop = threading.Event()
+        watcher = threading.Thread(target=monitor, args=(emu, started, stop, phase), daemon=True)
+        watcher.start()
+        threads = [threading.Thread(target=client_loop, args=(url, started, until, phase.samples, phase.errors,
+                                                               lock, i), daemon=True) for i in range(clients)]
+        for t in threads:
+            t.start()
+        time.sleep(seconds / 2)
+        phase.restart_at = time.monotonic() - started
+        emu.restart()
+        for t in threads:
+            t.join(seconds + 60)
+        phase.seconds = time.monotonic() - started
+        stop.set()
+        watcher.join(5)
+    finally:
+        stop_process_group(proc)
+    after = emu.stats()
+    phase.credentials = int(after["credentials_issued"]) - int(before["credentials_issued"])
+    phase.logins = int(after["logins_succeeded"]) - int(before["logins_succeeded"])
+    phase.samples.sort(key=lambda s: s.t)
+    return phase
+
+
+# ---- reporting -----------------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def summary(phase: Phase) -> dict[str, Any]:
+    out: dict[str, Any] = {"seconds": round(phase.seconds, 1), "requests": len(phase.samples),
+                           "credential_api_calls": phase.credentials, "logins": phase.logins,
+                           "restart_at_s": round(phase.restart_at or 0, 1), "client_errors": phase.errors}
+    for op in ("read", "write", "all"):
+        sel = [s for s in phase.samples if op == "all" or s.op == op]
+        ok = [s.ms for s in sel if 200 <= s.status < 300]
+        bad = [s for s in sel if not 200 <= s.status < 300]
+        statuses: dict[str, int] = {}
+        for s in bad:
+            statuses[str(s.status or "no answer")] = statuses.get(str(s.status or "no answer"), 0) + 1
+        out[op] = {"requests": len(sel), "ok": len(ok), "non_2xx": len(bad), "non_2xx_by_status": statuses,
+                   "p50_ms": _r(pct([s.ms for s in sel], 50)), "p99_ms": _r(pct([s.ms for s in sel], 99)),
+                   "max_ms": _r(max((s.ms for s in sel), default=None))}
+    window = [s for s in phase.samples if phase.restart_at is not None
+              and phase.restart_at <= s.t <= phase.restart_at + 5]
+    out["restart_window_5s"] = {"requests": len(window),
+                                "non_2xx": sum(1 for s in window if not 200 <= s.status < 300),
+                                "max_ms": _r(max((s.ms for s in window), default=None))}
+    return out
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lb, base = results["lakebase"], results["tutorial"]
+    rows = [
+        ("requests served (2xx)", lambda r: f"{r['all']['ok']}"),
+        ("requests/s", lambda r: f"{r['all']['requests'] / r['seconds']:.0f}"),
+        ("non-2xx reads", lambda r: _bad(r["read"])),
+        ("non-2xx writes", lambda r: _bad(r["write"])),
+        ("p50 / p99 read latency", lambda r: f"{r['read']['p50_ms']} / {r['read']['p99_ms']} ms"),
+        ("p50 / p99 write latency", lambda r: f"{r['write']['p50_ms']} / {r['write']['p99_ms']} ms"),
+        ("non-2xx in the 5 s after the restart", lambda r: f"{r['restart_window_5s']['non_2xx']}"),
+        ("credential API calls", lambda r: f"{r['credential_api_calls']}"),
+        ("Postgres logins", lambda r: f"{r['logins']}"),
+    ]
+    lines = ["| measure | lakebase (`apps/notes-flask`) | tutorial pattern (`baseline_tutorial_app.py`) |",
+             "|---|---|---|"]
+    lines += [f"| {label} | {fn(lb)} | {fn(base)} |" for label, fn in rows]
+    return "\n".join(lines)
+
+
+def _bad(op: dict[str, Any]) -> str:
+    if not op["non_2xx"]:
+        return f"0 of {op['requests']}"
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(op["non_2xx_by_status"].items()))
+    return f"**{op['non_2xx']}** of {op['requests']} ({detail})"
+
+
+def plot(phases: list[Phase], seconds: float, clients: int, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[dev]')", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(len(phases), 1, figsize=(11, 3.6 * len(phases)), sharex=True, sharey=True)
+    titles = {"lakebase": "lakebase: apps/notes-flask (ConnectionPool + run_transaction)",
+              "tutorial": "tutorial pattern: benchmarks/baseline_tutorial_app.py (a credential per connection)"}
+    for ax, phase in zip(axes, phases, strict=True):
+        for op, colour in (("read", "tab:blue"), ("write", "tab:green")):
+            ok = [s for s in phase.samples if s.op == op and 200 <= s.status < 300]
+            ax.scatter([s.t for s in ok], [s.ms for s in ok], s=2, alpha=0.35, color=colour, label=f"{op} 2xx",
+                       rasterized=True)
+        bad = [s for s in phase.samples if not 200 <= s.status < 300]
+        if bad:
+            ax.scatter([s.t for s in bad], [max(s.ms, 0.5) for s in bad], s=18, marker="x", color="red",
+                       label=f"non-2xx ({len(bad)})")
+        if phase.restart_at is not None:
+            ax.axvline(phase.restart_at, color="black", linestyle="--", linewidth=1)
+            ax.annotate("compute restart", (phase.restart_at, 1), xytext=(4, 4), textcoords="offset points",
+                        xycoords=("data", "axes fraction"), fontsize=8, va="top")
+        for i, t in enumerate(phase.mints):
+            ax.axvline(t, ymin=0, ymax=0.05, color="tab:orange", linewidth=1.2,
+                       label="credential minted" if i == 0 else None)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(titles.get(phase.name, phase.name), fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8, markerscale=3)
+    axes[-1].set_xlabel(f"seconds since the load started ({clients} clients; tokens live {TOKEN_TTL:g} s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="load duration per app (default 60)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (default 8)")
+    parser.add_argument("--only", choices=["lakebase", "tutorial"], help="run one app only (no results file)")
+    parser.add_argument("--keep", type=Path, help="keep the emulator data and the apps' logs in this directory")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="lakebase-app-load-") as tmp:
+        workdir = args.keep.resolve() if args.keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with EmulatorProcess(workdir / "emulator", token_ttl=TOKEN_TTL) as emu:
+            owner = clean_environment({**emu.user_env, "DATABRICKS_CONFIG_FILE": str(workdir / "nocfg")})
+            subprocess.run([sys.executable, "-m", "lakebase", "init-schema", "--app-client-id", emu.app.name],
+                           env=owner, check=True, capture_output=True)
+            emu.configure(token_ttl_seconds=TOKEN_TTL)
+            app_env = clean_environment({**emu.app_env, "DATABRICKS_CONFIG_FILE": str(workdir / "nocfg")})
+            names = [args.only] if args.only else ["lakebase", "tutorial"]
+            phases = []
+            for name in names:
+                print(f"{name}: {args.seconds:g} s of load with {args.clients} clients ...", file=sys.stderr)
+                phases.append(run_phase(name, emu, app_env, args.seconds, args.clients, workdir))
+                print(f"{name}: {summary(phases[-1])}", file=sys.stderr)
+    results = {p.name: summary(p) for p in phases}
+    if args.only:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    png = RESULTS / "app_load.png"
+    plotted = plot(phases, args.seconds, args.clients, png)
+    write_results("app_load", {"seconds": args.seconds, "clients": args.clients, "token_ttl_seconds": TOKEN_TTL,
+                               "gunicorn": {"workers": WORKERS, "threads": THREADS},
+                               "write_share": WRITE_SHARE, "results": results,
+                               "plot": png.name if plotted else None},
+                  table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""apps/notes-fastapi against the emulator: the async SQLAlchemy engine behind pages, forms and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from lakebase import connector
+from lakebase.cli import clean_environment, wait_http_ok
+
+from .apps_support import FASTAPI_DIR, csrf_from, ensure_app_schema, free_port, load_module, note_count
+
+
+@pytest.fixture(scope="module")
+def fastapi_module(emulator: Any, app_role: str) -> Iterator[ModuleType]:
+    ensure_app_schema(emulator, app_role)
+    yield load_module(FASTAPI_DIR / "app.py", "notes_fastapi_app")
+
+
+@contextlib.asynccontextmanager
+async def serve(module: ModuleType) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on this event loop (lifespan run: the engine is created and disposed), fresh credentials."""
+    connector.reset()
+    app = module.app
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                yield c
+    finally:
+        connector.reset()
+
+
+@pytest.fixture
+async def client(fastapi_module: ModuleType, app_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(fastapi_module) as c:
+        yield c
+
+
+def unique(prefix: str = "note") -> str:
+    return f"{prefix} {uuid.uuid4().hex[:12]}"
+
+
+async def count(emulator: Any) -> int:
+    return await asyncio.to_thread(note_count, emulator)
+
+
+async def test_page_shows_recent_notes_escaped(client: httpx.AsyncClient) -> None:
+    payload = f"<script>alert('{uuid.uuid4().hex[:6]}')</script>"
+    for content in [unique() for _ in range(5)] + [payload]:
+        assert (await client.post("/api/notes", json={"content": content})).status_code == 201
+    resp = await client.get("/")
+    assert resp.status_code == 200
+    assert "Hello from <span>Lakebase</span>!" in resp.text
+    assert resp.text.count("<li data-note-id=") == 5
+    assert payload not in resp.text and "&lt;script&gt;alert(" in resp.text
+    assert "default-src 'none'" in resp.headers["content-security-policy"]
+
+
+async def test_form_add_and_delete_with_csrf(client: httpx.AsyncClient, emulator: Any) -> None:
+    token = csrf_from((await client.get("/")).text)
+    assert client.cookies.get("notes_csrf") == token
+    content = unique("fastapi form")
+    resp = await client.post("/notes", data={"content": content, "csrf_token": token})
+    assert resp.status_code == 303
+    assert content in (await client.get("/")).text
+    note_id = next(n["id"] for n in (await client.get("/api/notes")).json()["notes"] if n["content"] == content)
+    before = await count(emulator)
+    assert (await client.post(f"/notes/{note_id}/delete", data={"csrf_token": token})).status_code == 303
+    assert await count(emulator) == before - 1
+    assert (await client.post(f"/notes/{note_id}/delete", data={"csrf_token": token})).status_code == 404
+
+
+@pytest.mark.parametrize("token", [None, "", "forged.token", "other"])
+async def test_forms_need_the_csrf_token(client: httpx.AsyncClient, emulator: Any, token: str | None) -> None:
+    await client.get("/")
+    if token == "other":  # a valid token of another browser
+        async with httpx.AsyncClient(transport=client._transport, base_url="http://testserver") as other:
+            token = csrf_from((await other.get("/")).text)
+    before = await count(emulator)
+    data = {"content": unique("csrf")}
+    if token is not None:
+        data["csrf_token"] = token
+    resp = await client.post("/notes", data=data)
+    assert resp.status_code == 403 and "CSRF token" in resp.text
+    assert await count(emulator) == before
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "must not be empty"), ("  ", "must not be empty"), ("x" * 1001, "at most 1000"),
+    ("nul \x00", "control characters"),
+])
+async def test_form_rejects_bad_content(client: httpx.AsyncClient, emulator: Any, content: str, message: str) -> None:
+    token = csrf_from((await client.get("/")).text)
+    before = await count(emulator)
+    resp = await client.post("/notes", data={"content": content, "csrf_token": token})
+    assert resp.status_code == 400 and message in resp.text
+    assert await count(emulator) == before
+
+
+@pytest.mark.parametrize(("kwargs", "status", "message"), [
+    ({"content": b'{"content": "x"}', "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
+    ({"data": {"content": "x"}}, 415, "application/json"),
+    ({"content": b"{nope", "headers": {"Content-Type": "application/json"}}, 400, "JSON object"),
+    ({"json": ["content"]}, 400, "JSON object"),
+    ({"json": {"content": 1}}, 400, "must be a string"),
+    ({"json": {}}, 400, "content is required"),
+    ({"json": {"content": " "}}, 400, "must not be empty"),
+    ({"json": {"content": "y" * 1001}}, 400, "at most 1000"),
+    ({"json": {"content": "ok", "extra": 1}}, 400, "unknown field"),
+    ({"content": b'{"content": "\\ud800"}', "headers": {"Content-Type": "application/json"}}, 400, "Unicode"),
+    ({"content": b'{"content": "' + b"z" * 70_000 + b'"}', "headers": {"Content-Type": "application/json"}},
+     413, "too large"),
+])
+async def test_api_rejects_bad_input(client: httpx.AsyncClient, emulator: Any, kwargs: dict[str, Any], status: int,
+                                     message: str) -> None:
+    before = await count(emulator)
+    resp = await client.post("/api/notes", **kwargs)
+    assert resp.status_code == status
+    assert message in resp.json()["error"]
+    assert await count(emulator) == before
+
+
+async def test_api_round_trip_and_cross_site_refusal(client: httpx.AsyncClient, emulator: Any) -> None:
+    resp = await client.post("/api/notes", json={"content": unique("api")})
+    assert resp.status_code == 201
+    note = resp.json()
+    assert (await client.get("/api/notes?limit=1")).json()["notes"][0]["id"] == note["id"]
+    assert (await client.get("/api/notes?limit=0")).status_code == 400
+    assert (await client.delete("/api/notes/abc")).status_code == 400
+    before = await count(emulator)
+    resp = await client.delete(f"/api/notes/{note['id']}", headers={"Sec-Fetch-Site": "cross-site"})
+    assert resp.status_code == 403 and await count(emulator) == before
+    assert (await client.delete(f"/api/notes/{note['id']}")).status_code == 204
+    assert (await client.delete(f"/api/notes/{note['id']}")).status_code == 404
+
+
+async def test_survives_restart_and_suspend(client: httpx.AsyncClient, emulator: Any) -> None:
+    assert (await client.get("/")).status_code == 200
+    await asyncio.to_thread(emulator.restart)
+    assert (await client.get("/api/notes")).status_code == 200
+    assert (await client.post("/api/notes", json={"content": unique("after restart")})).status_code == 201
+    await asyncio.to_thread(emulator.suspend)
+    assert (await client.get("/")).status_code == 200
+    assert emulator.endpoint_state() == "ACTIVE"
+
+
+async def test_healthz_under_a_long_credential_outage(fastapi_module: ModuleType, app_env: dict[str, str],
+                                                      emulator: Any) -> None:
+    emulator.configure(token_ttl_seconds=3)
+    async with serve(fastapi_module) as client:  # its tokens live 3 s
+        await _outage_and_recovery(client, emulator)
+
+
+async def _outage_and_recovery(client: httpx.AsyncClient, emulator: Any) -> None:
+    resp = await client.get("/healthz")
+    assert resp.status_code == 200 and resp.json()["token"]["ok"] and resp.json()["database"]["ok"]
+    emulator.credential_outage(120, 503)
+    for _ in range(300):  # hang guard
+        resp = await client.get("/healthz")
+        if resp.status_code == 503:
+            break
+        await asyncio.sleep(0.2)
+    assert resp.status_code == 503
+    body = resp.json()
+    assert any("no valid database credential" in r for r in body["reasons"])
+    emulator.credential_outage(0)
+    for _ in range(300):
+        resp = await client.get("/healthz")
+        if resp.status_code == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert resp.status_code == 200
+
+
+def test_uvicorn_serves_the_app(emulator: Any, app_role: str, fastapi_module: ModuleType, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "uvicorn.log"
+    env = clean_environment({**emulator.app_env, "DATABRICKS_APP_PORT": str(port), "NOTES_HOST": "127.0.0.1",
+                             "DATABRICKS_CONFIG_FILE": str(tmp_path / "nocfg")})
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=FASTAPI_DIR, env=env, stdout=out, stderr=out,
+                                stdin=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_http_ok(url + "/healthz", 60, alive=lambda: proc.poll() is None) is not None, log.read_text()
+        with httpx.Client(base_url=url, timeout=30) as http:
+            token = csrf_from(http.get("/").text)
+            content = unique("uvicorn")
+            assert http.post("/notes", data={"content": content, "csrf_token": token}).status_code == 303
+            assert content in http.get("/").text
+            emulator.restart()
+            assert http.get("/api/notes").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert "eyJ" not in text

@@ -1,0 +1,310 @@
+"""apps/notes-flask against the emulator: pages, API, validation, CSRF, health under faults, gunicorn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from lakebase import connector
+from lakebase.cli import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
+
+from .apps_support import FLASK_DIR, csrf_from, ensure_app_schema, free_port, load_module, note_count, wait_until
+
+
+@pytest.fixture(scope="module")
+def flask_module(emulator: Any, app_role: str) -> Iterator[ModuleType]:
+    ensure_app_schema(emulator, app_role)
+    module = load_module(FLASK_DIR / "app.py", "notes_flask_app")
+    yield module
+    module.close_pool()
+
+
+@pytest.fixture
+def client(flask_module: ModuleType, app_env: dict[str, str]) -> Iterator[Any]:
+    """A test client of the app running as the app's service principal; a fresh pool per test."""
+    connector.reset()  # a new credential cache: tokens follow this test's emulator settings
+    flask_module.app.config["TESTING"] = True
+    with flask_module.app.test_client() as c:
+        yield c
+    flask_module.close_pool()
+    connector.reset()
+
+
+def unique(prefix: str = "note") -> str:
+    return f"{prefix} {uuid.uuid4().hex[:12]}"
+
+
+def page_token(client: Any) -> tuple[str, str]:
+    resp = client.get("/")
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    return html, csrf_from(html)
+
+
+# ---- pages ---------------------------------------------------------------------------------------------
+def test_page_shows_the_five_most_recent_notes(client: Any) -> None:
+    added = [unique() for _ in range(6)]
+    for content in added:
+        assert client.post("/api/notes", json={"content": content}).status_code == 201
+    html, _ = page_token(client)
+    assert "Hello from <span>Lakebase</span>!" in html
+    assert html.count("<li data-note-id=") == 5
+    for content in added[1:]:
+        assert content in html
+    assert added[0] not in html  # the sixth most recent is not shown
+    assert html.index(added[-1]) < html.index(added[-2])  # newest first
+
+
+def test_form_adds_and_deletes_a_note(client: Any, emulator: Any) -> None:
+    _, token = page_token(client)
+    content = unique("from the form")
+    resp = client.post("/notes", data={"content": content, "csrf_token": token})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/")
+    html, token = page_token(client)
+    assert content in html
+    note_id = next(n["id"] for n in client.get("/api/notes").get_json()["notes"] if n["content"] == content)
+    before = note_count(emulator)
+    resp = client.post(f"/notes/{note_id}/delete", data={"csrf_token": token})
+    assert resp.status_code == 303
+    assert note_count(emulator) == before - 1
+    assert content not in page_token(client)[0]
+    assert client.post(f"/notes/{note_id}/delete", data={"csrf_token": token}).status_code == 404
+
+
+def test_note_content_is_escaped(client: Any) -> None:
+    payload = f'<script>alert("{uuid.uuid4().hex[:6]}")</script><img src=x onerror=alert(1)>'
+    assert client.post("/api/notes", json={"content": payload}).status_code == 201
+    resp = client.get("/")
+    html = resp.get_data(as_text=True)
+    assert payload not in html
+    assert "&lt;script&gt;alert(" in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+
+
+# ---- form validation and CSRF --------------------------------------------------------------------------
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "must not be empty"),
+    ("   \n\t ", "must not be empty"),
+    ("x" * 1001, "at most 1000 characters"),
+    ("bell \x07 character", "control characters"),
+])
+def test_form_rejects_bad_content_and_writes_nothing(client: Any, emulator: Any, content: str, message: str) -> None:
+    _, token = page_token(client)
+    before = note_count(emulator)
+    resp = client.post("/notes", data={"content": content, "csrf_token": token})
+    assert resp.status_code == 400
+    assert message in resp.get_data(as_text=True)
+    assert note_count(emulator) == before
+
+
+def test_form_without_content_field_is_a_400(client: Any, emulator: Any) -> None:
+    _, token = page_token(client)
+    before = note_count(emulator)
+    resp = client.post("/notes", data={"csrf_token": token})
+    assert resp.status_code == 400 and "content is required" in resp.get_data(as_text=True)
+    assert note_count(emulator) == before
+
+
+@pytest.mark.parametrize("token", [None, "", "forged-token"])
+def test_form_posts_need_the_session_csrf_token(client: Any, emulator: Any, token: str | None) -> None:
+    page_token(client)  # the session has a token; the request does not carry it (or a wrong one)
+    before = note_count(emulator)
+    data = {"content": unique("csrf")}
+    if token is not None:
+        data["csrf_token"] = token
+    resp = client.post("/notes", data=data)
+    assert resp.status_code == 403
+    assert "CSRF token" in resp.get_data(as_text=True)
+    note_id = client.get("/api/notes?limit=1").get_json()["notes"][0]["id"]
+    assert client.post(f"/notes/{note_id}/delete", data=data).status_code == 403
+    assert note_count(emulator) == before
+
+
+def test_token_of_another_session_is_refused(flask_module: ModuleType, client: Any, emulator: Any) -> None:
+    with flask_module.app.test_client() as other:
+        theirs = csrf_from(other.get("/").get_data(as_text=True))
+    page_token(client)
+    before = note_count(emulator)
+    assert client.post("/notes", data={"content": unique(), "csrf_token": theirs}).status_code == 403
+    assert note_count(emulator) == before
+
+
+def test_cross_site_writes_are_refused(client: Any, emulator: Any) -> None:
+    _, token = page_token(client)
+    before = note_count(emulator)
+    resp = client.post("/notes", data={"content": unique(), "csrf_token": token},
+                       headers={"Sec-Fetch-Site": "cross-site"})
+    assert resp.status_code == 403
+    resp = client.post("/api/notes", json={"content": unique()}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert resp.status_code == 403
+    assert note_count(emulator) == before
+
+
+def test_bad_note_ids_are_400_or_404(client: Any) -> None:
+    _, token = page_token(client)
+    assert client.post("/notes/abc/delete", data={"csrf_token": token}).status_code == 400
+    assert client.post("/notes/-1/delete", data={"csrf_token": token}).status_code == 400
+    assert client.delete("/api/notes/1e3").status_code == 400
+    assert client.delete("/api/notes/99999999999").status_code == 400
+    assert client.delete("/api/notes/2147483600").status_code == 404
+
+
+# ---- JSON API ------------------------------------------------------------------------------------------
+def test_api_create_list_delete(client: Any, emulator: Any) -> None:
+    content = unique("api")
+    resp = client.post("/api/notes", json={"content": f"  {content}  "})
+    assert resp.status_code == 201
+    note = resp.get_json()
+    assert note["content"] == content and note["created_at"] and resp.headers["Location"] == f"/api/notes/{note['id']}"
+    listed = client.get("/api/notes").get_json()["notes"]
+    assert listed[0]["id"] == note["id"]
+    assert len(client.get("/api/notes?limit=2").get_json()["notes"]) == 2
+    assert client.delete(f"/api/notes/{note['id']}").status_code == 204
+    assert client.delete(f"/api/notes/{note['id']}").status_code == 404
+    assert all(n["id"] != note["id"] for n in client.get("/api/notes").get_json()["notes"])
+
+
+@pytest.mark.parametrize(("kwargs", "status", "message"), [
+    ({"data": '{"content": "x"}', "content_type": "text/plain"}, 415, "application/json"),
+    ({"data": {"content": "x"}}, 415, "application/json"),  # a form post: what a cross-site form can send
+    ({"data": "{not json", "content_type": "application/json"}, 400, "JSON object"),
+    ({"json": ["content", "x"]}, 400, "JSON object"),
+    ({"json": {"content": 42}}, 400, "must be a string"),
+    ({"json": {"content": None}}, 400, "content is required"),
+    ({"json": {}}, 400, "content is required"),
+    ({"json": {"content": ""}}, 400, "must not be empty"),
+    ({"json": {"content": "y" * 1001}}, 400, "at most 1000"),
+    ({"json": {"content": "nul \x00 byte"}}, 400, "control characters"),
+    ({"data": '{"content": "\\ud800"}', "content_type": "application/json"}, 400, "not valid Unicode"),
+    ({"json": {"content": "ok", "id": 7}}, 400, "unknown field"),
+])
+def test_api_rejects_bad_input_and_writes_nothing(client: Any, emulator: Any, kwargs: dict[str, Any], status: int,
+                                                  message: str) -> None:
+    before = note_count(emulator)
+    resp = client.post("/api/notes", **kwargs)
+    assert resp.status_code == status
+    body = resp.get_json()
+    assert message in body["error"] and body["status"] == status
+    assert note_count(emulator) == before
+
+
+def test_api_limit_is_validated(client: Any) -> None:
+    for bad in ("0", "-1", "abc", "501"):
+        assert client.get(f"/api/notes?limit={bad}").status_code == 400
+
+
+def test_api_body_size_is_limited(client: Any, emulator: Any) -> None:
+    before = note_count(emulator)
+    resp = client.post("/api/notes", data='{"content": "' + "z" * 70_000 + '"}', content_type="application/json")
+    assert resp.status_code == 413
+    assert note_count(emulator) == before
+
+
+# ---- health and faults ---------------------------------------------------------------------------------
+def test_healthz_reports_database_token_and_pool(client: Any) -> None:
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "ok" and body["database"]["ok"] and body["token"]["ok"]
+    assert body["token"]["age_seconds"] >= 0 and body["token"]["expires_in_seconds"] > 0
+    assert body["pool"]["pool_max"] >= 1 and "mints" in body["credentials"]
+    assert "eyJ" not in resp.get_data(as_text=True)  # never a token
+
+
+def test_requests_survive_a_restart_and_a_suspend(client: Any, emulator: Any) -> None:
+    assert client.get("/").status_code == 200
+    emulator.restart()
+    assert client.get("/").status_code == 200
+    assert client.post("/api/notes", json={"content": unique("after restart")}).status_code == 201
+    emulator.suspend()
+    assert emulator.endpoint_state() == "IDLE"
+    assert client.get("/api/notes").status_code == 200
+    assert emulator.endpoint_state() == "ACTIVE"
+
+
+def test_healthz_503_when_the_credential_outage_outlives_the_token(client: Any, emulator: Any) -> None:
+    emulator.configure(token_ttl_seconds=3)
+    assert client.get("/healthz").status_code == 200  # a 3 s token is cached
+    emulator.credential_outage(120, 503)
+    # While the cached token is valid the app is healthy; once it has expired, it is not.
+    resp = wait_until(lambda: (r := client.get("/healthz")).status_code == 503 and r, what="/healthz 503")
+    body = resp.get_json()
+    assert body["status"] == "unhealthy" and not body["token"]["ok"]
+    # The reason names the credential API's failure: its 503, or no answer while it is being retried.
+    assert any("no valid database credential" in r and ("503" in r or "credential API" in r)
+               for r in body["reasons"]), body["reasons"]
+    assert body["database"]["ok"]  # pooled sessions outlive their token: the database itself answers
+    emulator.credential_outage(0)  # recovery
+    wait_until(lambda: client.get("/healthz").status_code == 200, what="/healthz 200 after the outage")
+    assert client.post("/api/notes", json={"content": unique("after outage")}).status_code == 201
+
+
+def test_healthz_503_when_the_database_is_unreachable(flask_module: ModuleType, app_env: dict[str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    connector.reset()
+    flask_module.close_pool()
+    monkeypatch.setenv("PGPORT", str(free_port()))  # nothing listens there
+    monkeypatch.setattr(flask_module, "HEALTH_TIMEOUT", 1.0)
+    monkeypatch.setattr(flask_module, "POOL_TIMEOUT", 2.0)
+    monkeypatch.setenv("LAKEBASE_CONNECT_DEADLINE", "2")
+    try:
+        with flask_module.app.test_client() as c:
+            resp = c.get("/healthz")
+            assert resp.status_code == 503
+            body = resp.get_json()
+            assert any("database unreachable" in r for r in body["reasons"])
+            page = c.get("/", headers={"Accept": "text/html"})
+            assert page.status_code == 503 and "database is unavailable" in page.get_data(as_text=True)
+    finally:
+        flask_module.close_pool()
+        connector.reset()
+
+
+# ---- the real server -----------------------------------------------------------------------------------
+def _gunicorn(emulator: Any, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = clean_environment({**emulator.app_env, "DATABRICKS_CONFIG_FILE": str(tmp_path / "nocfg")})
+    env.pop("FLASK_SECRET_KEY", None)
+    proc = start_gunicorn(FLASK_DIR, env, port, 3, log, extra_args=extra)
+    url = f"http://127.0.0.1:{port}"
+    if wait_http_ok(url + "/healthz", 60, alive=lambda: proc.poll() is None) is None:
+        stop_process_group(proc)
+        pytest.fail("gunicorn did not become healthy:\n" + log.read_text(errors="replace")[-3000:])
+    return proc, url, log
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
+def test_gunicorn_workers_serve_pages_forms_and_api(emulator: Any, app_role: str, flask_module: ModuleType,
+                                                    tmp_path: Path, preload: bool) -> None:
+    proc, url, log = _gunicorn(emulator, tmp_path, *(["--preload"] if preload else []))
+    try:
+        pids = set()
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for i in range(6):  # sessions signed by one worker must be accepted by the others
+                token = csrf_from(http.get("/").text)
+                content = unique(f"gunicorn {i}")
+                resp = http.post("/notes", data={"content": content, "csrf_token": token})
+                assert resp.status_code == 303, resp.text
+                assert content in http.get("/").text
+                pids.add(http.get("/healthz").json()["pid"])
+            resp = http.post("/api/notes", json={"content": unique("gunicorn api")})
+            assert resp.status_code == 201
+            assert http.delete(f"/api/notes/{resp.json()['id']}").status_code == 204
+            emulator.restart()
+            assert http.get("/").status_code == 200
+        assert pids and os.getpid() not in pids
+    finally:
+        stop_process_group(proc)
+    assert proc.returncode is not None
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert "eyJ" not in text  # no token in the logs

@@ -1,0 +1,115 @@
+"""A real browser against the Flask notes app under gunicorn: headless Chromium driven by Playwright.
+
+Uses the system's Chromium (Debian's ``chromium`` package, installed by ``make test`` when run as
+root); Playwright never downloads a browser here. The screenshot lands in tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lakebase.cli import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
+
+from .apps_support import ARTIFACTS, FLASK_DIR, ensure_app_schema, free_port
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("LAKEBASE_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
+                      shutil.which("chromium-browser")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+@pytest.fixture
+def app_url(emulator: Any, app_role: str, tmp_path: Path) -> Iterator[str]:
+    ensure_app_schema(emulator, app_role)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = clean_environment({**emulator.app_env, "DATABRICKS_CONFIG_FILE": str(tmp_path / "nocfg")})
+    proc = start_gunicorn(FLASK_DIR, env, port, 2, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        if wait_http_ok(url + "/healthz", 60, alive=lambda: proc.poll() is None) is None:
+            pytest.fail("gunicorn did not become healthy:\n" + log.read_text(errors="replace")[-3000:])
+        yield url
+    finally:
+        stop_process_group(proc)
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                                   "(pip install -e '.[dev]')")
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no Chromium: install Debian's chromium package (apt-get install -y chromium; `make test` "
+                    "does it when run as root) or set LAKEBASE_CHROMIUM to a Chromium binary")
+    profile = tmp_path / "chromium-profile"  # a new, empty user data dir
+    profile.mkdir()
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1000, "height": 900})
+        context.set_default_timeout(30_000)
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def test_add_and_delete_a_note_in_a_real_browser(app_url: str, page: Any) -> None:
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    page.goto(app_url)
+    assert page.inner_text("h1") == "Hello from Lakebase!"
+    assert page.locator("li[data-note-id]").count() >= 1
+
+    content = f"Written in Chromium {uuid.uuid4().hex[:8]}"
+    page.fill("#content", content)
+    with page.expect_navigation():
+        page.click("#add-note button[type=submit]")
+    assert page.url.rstrip("/") == app_url
+    first = page.locator("li[data-note-id]").first
+    assert content in first.inner_text()
+
+    # Markup in a note is shown as text, never run.
+    attack = f'<img src=x onerror="alert(\'xss {uuid.uuid4().hex[:4]}\')">'
+    page.fill("#content", attack)
+    with page.expect_navigation():
+        page.click("#add-note button[type=submit]")
+    assert attack in page.locator("li[data-note-id]").first.inner_text()
+    assert page.locator("li[data-note-id] img").count() == 0
+    assert dialogs == []
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "notes-flask.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 1000
+
+    # Delete both through their buttons (forms with the CSRF token).
+    for text in (attack, content):
+        item = page.locator("li[data-note-id]", has_text=text)
+        with page.expect_navigation():
+            item.locator("button.delete").click()
+        assert page.locator("li[data-note-id]", has_text=text).count() == 0
+
+    # An empty note is refused with a message (the browser's own check is bypassed to reach the server).
+    page.eval_on_selector("#content", "el => el.removeAttribute('required')")
+    page.fill("#content", "   ")
+    with page.expect_navigation():
+        page.click("#add-note button[type=submit]")
+    assert "must not be empty" in page.inner_text("#error")

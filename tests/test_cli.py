@@ -1,0 +1,429 @@
+"""The lakebase command against the emulator: help, token, env, psql, init-schema and doctor under faults.
+
+doctor and psql run as subprocesses (a clean environment each, as a user would run them); the quick
+commands run in-process with click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from lakebase import connector
+from lakebase.cli import clean_environment, main
+
+from .apps_support import ensure_app_schema, free_port, owner_sql
+
+COMMANDS = [[], ["emulator"], ["emulator", "start"], ["demo"], ["init-schema"], ["doctor"], ["psql"], ["token"],
+            ["env"]]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registries() -> Iterator[None]:
+    connector.reset()
+    yield
+    connector.reset()
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full = clean_environment({**env, "DATABRICKS_CONFIG_FILE": "/nonexistent/databrickscfg"})
+    return subprocess.run([sys.executable, "-m", "lakebase", *args], env=full, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def doctor(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    result = run_cli(env, "doctor", "--json", "--timeout", "2", *args)
+    report = json.loads(result.stdout)
+    assert "eyJ" not in result.stdout + result.stderr  # never a token
+    return result.returncode, report
+
+
+def check(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in report["checks"] if c["name"] == name)
+
+
+def failed(report: dict[str, Any]) -> dict[str, Any]:
+    """The failing check; every later one was skipped."""
+    bad = [c for c in report["checks"] if c["status"] == "fail"]
+    assert len(bad) == 1, report
+    names = [c["name"] for c in report["checks"]]
+    assert all(c["status"] == "skip" for c in report["checks"][names.index(bad[0]["name"]) + 1:])
+    assert bad[0]["fix"], bad[0]
+    return bad[0]
+
+
+# ---- help --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "lakebase")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_emulator_start_keeps_its_options() -> None:
+    result = CliRunner().invoke(main, ["emulator", "start", "--help"])
+    for option in ("--data-dir", "--api-port", "--pg-port", "--token-ttl"):
+        assert option in result.output
+
+
+# ---- token and env --------------------------------------------------------------------------------------
+def test_token_prints_a_token(user_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["token"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().startswith("eyJ") and len(result.output.strip().splitlines()) == 1
+
+
+def test_token_json_has_the_expiry(user_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["token", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["token"].startswith("eyJ") and data["expire_time"] and 0 < data["expires_in"] <= 3600
+    assert data["endpoint"] == user_env["ENDPOINT_NAME"] and data["fingerprint"].startswith("sha256:")
+
+
+def test_token_fails_with_the_configuration_fix(clean_env: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(main, ["token"])
+    assert result.exit_code == 1
+    assert "ENDPOINT_NAME" in result.output and "Fix:" in result.output
+
+
+def test_env_prints_export_lines_without_the_token(user_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["env"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.removeprefix("export ").split("=", 1) for line in result.output.splitlines()
+                 if line.startswith("export "))
+    assert lines["PGHOST"] == "localhost" and lines["PGPORT"] == user_env["PGPORT"]
+    assert lines["PGUSER"] == user_env["PGUSER"] and lines["PGSSLMODE"] == "require"
+    assert "PGPASSWORD" not in lines and "eyJ" not in result.output
+
+
+def test_env_with_token_and_json(user_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["env", "--with-token"])
+    assert result.exit_code == 0 and "export PGPASSWORD=eyJ" in result.output
+    data = json.loads(CliRunner().invoke(main, ["env", "--json"]).output)
+    assert data["PGDATABASE"] == "databricks_postgres" and "PGPASSWORD" not in data
+
+
+def test_env_output_works_for_psql(user_env: dict[str, str]) -> None:
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("no system psql (apt-get install postgresql-client)")
+    out = CliRunner().invoke(main, ["env", "--json", "--with-token"]).output
+    env = {**clean_environment(), **json.loads(out)}
+    result = subprocess.run([psql, "-XAtc", "select current_user"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == user_env["PGUSER"], result.stderr
+
+
+# ---- psql ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def psql_binary() -> str:
+    found = shutil.which("psql")
+    if found is None:
+        pytest.skip("no system psql (apt-get install postgresql-client; `make test` installs it as root)")
+    return found
+
+
+def test_psql_runs_with_a_fresh_token(emulator: Any, psql_binary: str) -> None:
+    env = {**emulator.user_env, "PGPASSWORD": "stale-password-from-the-shell"}
+    result = run_cli(env, "psql", "--", "-XAt", "-c", "select current_user", "-c", "\\conninfo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == emulator.user_env["PGUSER"]
+    assert "SSL connection" in result.stdout  # the system psql speaks TLS (the proxy requires it)
+
+
+def test_psql_reconnects_after_the_first_token_expired(emulator: Any, psql_binary: str, tmp_path: Path) -> None:
+    emulator.configure(token_ttl_seconds=3)
+    script = tmp_path / "session.sql"
+    script.write_text("select 'first';\n\\! sleep 5\n\\c databricks_postgres\nselect 'second', current_user;\n")
+    result = run_cli(emulator.user_env, "psql", "--", "-XAt", "-v", "ON_ERROR_STOP=1", "-f", str(script))
+    assert result.returncode == 0, result.stderr
+    assert "first" in result.stdout and f"second|{emulator.user_env['PGUSER']}" in result.stdout
+    leftovers = [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("lakebase-psql-*")]
+    assert not [p for p in leftovers if p.stat().st_mtime > script.stat().st_mtime]  # passfile removed
+
+
+def test_psql_missing_names_the_fix(user_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                    tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("LAKEBASE_PSQL", raising=False)
+    result = CliRunner().invoke(main, ["psql"])
+    assert result.exit_code == 127
+    assert "postgresql-client" in result.output and "psql was not found" in result.output
+
+
+def test_psql_exit_code_is_psql_s(emulator: Any, psql_binary: str) -> None:
+    result = run_cli(emulator.user_env, "psql", "--", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select 1/0")
+    assert result.returncode != 0 and "division by zero" in result.stderr
+
+
+# ---- init-schema ----------------------------------------------------------------------------------------
+def test_init_schema_is_idempotent(emulator: Any, tmp_path: Path) -> None:
+    sp = emulator.add_service_principal(f"cli-app-{uuid.uuid4().hex[:6]}")
+    table = f"notes_{uuid.uuid4().hex[:6]}"
+    first = run_cli(emulator.user_env, "init-schema", "--app-client-id", sp.name, "--table", table, "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["role_created"] and report["table_created"] and report["notes_inserted"] == 3
+    again = json.loads(run_cli(emulator.user_env, "init-schema", "--app-client-id", sp.name, "--table", table,
+                               "--json").stdout)
+    assert not again["role_created"] and not again["table_created"] and again["notes_inserted"] == 0
+    assert owner_sql(emulator, f"SELECT count(*) FROM {table}")[0][0] == 3
+    # The app's service principal can now log in and INSERT (the sequence grant the tutorial lacks).
+    env = {**emulator.app_env, "DATABRICKS_CLIENT_ID": sp.name, "DATABRICKS_CLIENT_SECRET": sp.client_secret,
+           "PGUSER": sp.name}
+    code, result = doctor(env, "--table", table)
+    assert code == 0, result
+    assert check(result, "privileges")["status"] == "ok"
+
+
+def test_init_schema_as_a_non_owner_fails_clearly(emulator: Any, app_role: str) -> None:
+    result = run_cli(emulator.app_env, "init-schema", "--app-client-id", str(uuid.uuid4()))
+    assert result.returncode == 1
+    assert "run it as the project owner" in result.stderr
+
+
+# ---- doctor ---------------------------------------------------------------------------------------------
+def test_doctor_all_green_as_owner_and_as_app(emulator: Any, app_role: str) -> None:
+    ensure_app_schema(emulator, app_role)
+    for env in (emulator.user_env, emulator.app_env):
+        code, report = doctor(env)
+        assert code == 0, report
+        assert [c["name"] for c in report["checks"]] == ["configuration", "endpoint", "dns", "tcp", "tls", "token",
+                                                         "login", "privileges"]
+        assert all(c["status"] == "ok" for c in report["checks"]), report
+    assert env["PGUSER"] in check(report, "login")["summary"]
+
+
+def test_doctor_human_output_has_one_line_per_check(emulator: Any, app_role: str) -> None:
+    ensure_app_schema(emulator, app_role)
+    result = run_cli(emulator.app_env, "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("configuration", "endpoint", "dns", "tcp", "tls", "token", "login", "privileges"):
+        assert sum(1 for line in lines if line.startswith("✓ " + name)) == 1, result.stdout
+    assert "all checks passed" in result.stdout and "eyJ" not in result.stdout
+
+
+def test_doctor_without_any_environment() -> None:
+    code, report = doctor({})
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "configuration"
+    assert "ENDPOINT_NAME" in bad["summary"] and "ENDPOINT_NAME=projects/" in bad["fix"]
+
+
+def test_doctor_without_workspace_credentials(emulator: Any) -> None:
+    env = {k: v for k, v in emulator.user_env.items() if not k.startswith("DATABRICKS_")}
+    code, report = doctor(env)
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "configuration" and "DATABRICKS_HOST" in bad["fix"]
+
+
+@pytest.mark.parametrize(("change", "name", "summary", "fix"), [
+    ({"PGHOST": "no-such-host.invalid"}, "dns", "does not resolve", "PGHOST=localhost"),
+    ({"PGPORT": "__free__"}, "tcp", "connection refused", "PGPORT"),
+    ({"PGSSLMODE": "disable"}, "configuration", "requires TLS", "PGSSLMODE=require"),
+    ({"PGSSLMODE": "verify-full"}, "tls", "does not verify", "PGSSLROOTCERT"),
+    ({"DATABRICKS_TOKEN": "dapi00000000000000000000000000000000"}, "endpoint", "401", "DATABRICKS_TOKEN"),
+    ({"DATABRICKS_HOST": "http://127.0.0.1:__free__"}, "endpoint", "cannot reach the workspace", "DATABRICKS_HOST"),
+    ({"ENDPOINT_NAME": "projects/emulator/branches/production/endpoints/nope"}, "endpoint", "404", "ENDPOINT_NAME"),
+    ({"ENDPOINT_NAME": "ep-primary"}, "configuration", "not a Lakebase endpoint name", "list-endpoints"),
+    ({"PGUSER": "someone-else@example.com"}, "login", "tokens are minted for", "PGUSER=developer@"),
+    ({"PGDATABASE": "nodb"}, "login", "does not exist", "PGDATABASE"),
+])
+def test_doctor_misconfigurations(emulator: Any, change: dict[str, str], name: str, summary: str, fix: str) -> None:
+    env = {**emulator.user_env}
+    for key, value in change.items():
+        env[key] = value.replace("__free__", str(free_port()))
+    code, report = doctor(env)
+    bad = failed(report)
+    assert code == 1
+    assert bad["name"] == name, report
+    assert summary in bad["summary"], bad
+    assert fix in bad["fix"], bad
+
+
+def test_doctor_wrong_client_secret(emulator: Any) -> None:
+    code, report = doctor({**emulator.app_env, "DATABRICKS_CLIENT_SECRET": "wrong"})
+    bad = failed(report)
+    assert code == 1 and "DATABRICKS_CLIENT_SECRET" in bad["fix"]
+
+
+def test_doctor_warns_about_pghost_not_matching_the_endpoint(emulator: Any) -> None:
+    code, report = doctor({**emulator.user_env, "PGHOST": "127.0.0.1"})
+    endpoint = check(report, "endpoint")
+    assert endpoint["status"] == "warn" and "PGHOST=localhost" in endpoint["fix"]
+    assert code == 0  # 127.0.0.1 reaches the emulator all the same
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_doctor_credential_outage(emulator: Any, status: int) -> None:
+    emulator.credential_outage(120, status)
+    code, report = doctor(emulator.user_env)
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "token" and str(status) in bad["summary"]
+    assert "run `lakebase doctor` again" in bad["fix"]
+    emulator.credential_outage(0)
+    assert doctor(emulator.user_env)[0] == 0
+
+
+def _late_app(emulator: Any) -> dict[str, str]:
+    """A service principal whose app was deployed before anyone ran databricks_create_role."""
+    sp = emulator.add_service_principal(f"late-app-{uuid.uuid4().hex[:6]}")
+    return {**emulator.app_env, "DATABRICKS_CLIENT_ID": sp.name, "DATABRICKS_CLIENT_SECRET": sp.client_secret,
+            "PGUSER": sp.name}
+
+
+def test_doctor_role_missing_then_no_privileges_then_fixed(emulator: Any, app_role: str) -> None:
+    env = _late_app(emulator)
+    role = env["PGUSER"]
+    code, report = doctor(env)
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "login" and "does not exist" in bad["summary"]
+    assert f"lakebase init-schema --app-client-id {role}" in bad["fix"] and "databricks_create_role" in bad["fix"]
+
+    owner_sql(emulator, "SELECT databricks_create_role(%s, 'service_principal')", (role,))
+    code, report = doctor(env)
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "privileges" and "no privilege" in bad["summary"]
+    assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"' in bad["fix"]
+
+    assert run_cli(emulator.user_env, "init-schema", "--app-client-id", role).returncode == 0
+    code, report = doctor(env, "--table", "notes")
+    assert code == 0, report
+
+
+def test_doctor_points_out_the_missing_sequence_grant(emulator: Any, app_role: str) -> None:
+    env = _late_app(emulator)
+    role = env["PGUSER"]
+    owner_sql(emulator, "SELECT databricks_create_role(%s, 'service_principal')", (role,))
+    owner_sql(emulator, f'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE notes TO "{role}"')  # the tutorial's grants
+    code, report = doctor(env)
+    privileges = check(report, "privileges")
+    assert code == 0 and privileges["status"] == "warn"
+    assert "no USAGE on its sequence" in privileges["summary"]
+    assert "GRANT USAGE, SELECT ON SEQUENCE" in privileges["fix"]
+
+
+def test_doctor_wakes_a_suspended_endpoint(emulator: Any, app_role: str) -> None:
+    emulator.suspend()
+    assert emulator.endpoint_state() == "IDLE"
+    code, report = doctor(emulator.app_env)
+    assert code == 0, report
+    assert "IDLE" in check(report, "endpoint")["summary"]
+    login = check(report, "login")
+    assert login["details"]["woke"] and "woke it" in login["summary"]
+    assert emulator.endpoint_state() == "ACTIVE"
+
+
+def test_doctor_rides_out_a_restart(emulator: Any, app_role: str) -> None:
+    emulator.configure(restart_seconds=2)
+    emulator.restart()
+    code, report = doctor(emulator.app_env)
+    assert code == 0, report
+
+
+def test_doctor_after_tokens_were_revoked(emulator: Any, app_role: str) -> None:
+    emulator.expire_tokens()
+    code, report = doctor(emulator.app_env)
+    assert code == 0, report  # the doctor mints its own fresh token
+
+
+# ---- demo -----------------------------------------------------------------------------------------------
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args and "pytest" not in args:
+            found.append(f"{cmdline.parent.name}: {args[:120]}")
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _run_demo(data_dir: Path, content: str | None) -> list[str]:
+    """`lakebase demo` until its app answers; optionally add a note; Ctrl-C; return the notes it served."""
+    import re
+    import signal
+
+    import httpx
+
+    env = clean_environment({"DATABRICKS_CONFIG_FILE": "/nonexistent/databrickscfg"})
+    proc = subprocess.Popen([sys.executable, "-m", "lakebase", "demo", "--data-dir", str(data_dir), "--port", "0",
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        url = None
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the banner comes once the app is healthy
+            match = re.search(r"Notes app:\s+(http://\S+)", line)
+            if match:
+                url = match.group(1)
+            if "Press Ctrl-C" in line:
+                break
+        assert url, proc.stderr.read() if proc.stderr else ""
+        with httpx.Client(base_url=url, timeout=30) as http:
+            if content is not None:
+                assert http.post("/api/notes", json={"content": content}).status_code == 201
+            notes = [n["content"] for n in http.get("/api/notes").json()["notes"]]
+            assert http.get("/healthz").json()["status"] == "ok"
+        children = _descendants(proc.pid)  # postgres, gunicorn master and workers
+        assert len(children) >= 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    assert [pid for pid in children if _alive(pid)] == []  # no orphans
+    return notes
+
+
+def test_demo_serves_the_app_stops_cleanly_and_keeps_notes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    content = f"kept across demos {uuid.uuid4().hex[:8]}"
+    first = _run_demo(data_dir, content)
+    assert content in first and "Welcome to Lakebase Autoscaling!" in first
+    assert _processes_mentioning(str(data_dir)) == []  # no postgres, no gunicorn left behind
+    second = _run_demo(data_dir, None)
+    assert content in second
+    assert second.count("Welcome to Lakebase Autoscaling!") == 1  # the sample notes were not added again
+    assert _processes_mentioning(str(data_dir)) == []
