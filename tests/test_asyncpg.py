@@ -220,6 +220,27 @@ async def test_the_pre_ping_replaces_a_connection_the_client_has_not_seen_die(
         assert pool.discarded == 1
 
 
+async def test_the_pre_ping_honours_the_acquire_timeout(emulator: Emulator, app_env: dict[str, str]) -> None:
+    """A connection whose server stopped answering (a network partition, a frozen compute) must not
+    hold acquire() past its timeout for the whole connect_timeout."""
+    import os
+    import signal
+
+    async with lakebase.asyncpg.create_pool(min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        os.kill(pid, signal.SIGSTOP)  # the backend is there but answers nothing
+        try:
+            with pytest.raises(TimeoutError):
+                async with pool.acquire(timeout=1):
+                    pass
+            assert pool.discarded == 1  # the unanswered connection was dropped, not handed out
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        async with pool.acquire(timeout=10) as conn:  # the pool recovers with a new connection
+            assert await conn.fetchval("SELECT pg_backend_pid()") != pid
+
+
 async def test_a_pool_rotates_tokens_with_zero_errors(emulator: Emulator, app_env: dict[str, str]) -> None:
     emulator.configure(token_ttl_seconds=2)
     errors: list[BaseException] = []

@@ -254,6 +254,19 @@ def test_a_missing_database_is_not_retried(emulator: Emulator, user_env: dict[st
     assert info.value.attempts == 1 and info.value.sqlstate == "3D000"
 
 
+def test_a_certificate_that_does_not_verify_is_not_retried(emulator: Emulator, user_env: dict[str, str]) -> None:
+    import certifi  # public CAs: they do not know the emulator's
+
+    with pytest.raises(ConnectionFailed, match="TLS certificate did not verify") as info:
+        lakebase.connect(sslmode="verify-full", sslrootcert=certifi.where(), connect_deadline=5)
+    assert info.value.attempts == 1 and "sslrootcert" in str(info.value)
+    with pytest.raises(ConnectionFailed, match="root certificate") as info:
+        lakebase.connect(sslmode="verify-full", sslrootcert="/nonexistent/ca.pem", connect_deadline=5)
+    assert info.value.attempts == 1 and "check the endpoint and database names" not in str(info.value)
+    with lakebase.connect(sslmode="verify-full", sslrootcert=str(emulator.ca_file)) as conn:
+        assert current_user(conn) == emulator.owner.name
+
+
 def test_connects_ride_through_a_restart(emulator: Emulator, app_env: dict[str, str]) -> None:
     conn = lakebase.connect()
     emulator.restart()

@@ -21,6 +21,13 @@ def op(message: str) -> psycopg.OperationalError:
     return psycopg.OperationalError(PREFIX + message)
 
 
+def asyncpg_error(name: str, message: str) -> BaseException:
+    """An asyncpg server error as asyncpg raises it: with ``.sqlstate`` set."""
+    import asyncpg
+
+    return getattr(asyncpg.exceptions, name)(message)
+
+
 @pytest.mark.parametrize(("exc", "kind", "error"), [
     # the token was refused: one retry with a fresh token
     (op('Failed to decode token for role "me@example.com" and native postgres login was either not attempted '
@@ -42,6 +49,16 @@ def op(message: str) -> psycopg.OperationalError:
     (op("terminating connection due to administrator command"), Kind.TRANSIENT, None),
     (op("the database system is starting up"), Kind.TRANSIENT, None),
     (op("External authorization failed."), Kind.TRANSIENT, None),
+    # asyncpg gives the server's SQLSTATE: the message still decides (a new role is propagating)
+    (asyncpg_error("InvalidPasswordError", "External authorization failed"), Kind.TRANSIENT, None),
+    (asyncpg_error("InvalidAuthorizationSpecificationError", "External authorization failed"), Kind.TRANSIENT,
+     None),
+    # TLS verification: retrying cannot help
+    (psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                              "SSL error: certificate verify failed"), Kind.FATAL, ConnectionFailed),
+    (psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                              'server certificate for "localhost" does not match host name "ep-x.example"'),
+     Kind.FATAL, ConnectionFailed),
     (op("sorry, too many clients already"), Kind.TRANSIENT, None),
     (psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", port 1 failed: '
                               "Connection refused\n\tIs the server running on that host?"),

@@ -55,6 +55,8 @@ SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sourc
 
 #: Close pooled connections after this many seconds (Lakebase ends them after 3 days).
 MAX_LIFETIME = 3600.0
+#: The least time a pre-ping gets, however little is left of the caller's acquire timeout.
+PING_TIMEOUT_MIN = 0.05
 
 # asyncpg.create_pool's own defaults (min_size, max_size, max_inactive_connection_lifetime, ...):
 # asyncpg.Pool() has none, and they differ between asyncpg versions.
@@ -240,8 +242,11 @@ class Pool(asyncpg.Pool):
                 continue
             if not self.pre_ping or serial > logins:  # logged in while we waited: no need to ping
                 return proxy
+            ping_timeout = self.connector.settings.connect_timeout
+            if expires is not None:  # the caller's acquire timeout covers the ping too
+                ping_timeout = min(ping_timeout, max(PING_TIMEOUT_MIN, expires - time.monotonic()))
             try:
-                await proxy.execute("SELECT 1", timeout=self.connector.settings.connect_timeout)
+                await proxy.execute("SELECT 1", timeout=ping_timeout)
             except BaseException as exc:  # whatever the reason, this connection cannot serve
                 if not isinstance(exc, Exception):  # cancelled mid-ping: never leak the checked-out holder
                     proxy.terminate()
@@ -252,6 +257,8 @@ class Pool(asyncpg.Pool):
                       f"({type(exc).__name__}); replacing it", target=self.connector.describe(),
                       error=type(exc).__name__)
                 await self._drop(proxy, type(exc).__name__, graceful=False)
+                if expires is not None and time.monotonic() >= expires:
+                    raise TimeoutError(f"no working connection within the acquire timeout ({timeout}s)") from exc
                 continue
             return proxy
         return await super()._acquire(None if expires is None else max(0.001, expires - time.monotonic()))
@@ -286,7 +293,8 @@ def create_pool(*, settings: Settings | None = None, workspace_client: Any = Non
     arguments (``min_size``, ``max_size``, ``max_inactive_connection_lifetime``, ``setup``, ``init``,
     ``reset``, ``connection_class``, ...) keep asyncpg's defaults; the rest go to each connect like
     :func:`connect`'s. ``pre_ping`` (default on) checks a connection with ``SELECT 1`` on acquire and
-    replaces it if the server ended it; ``max_lifetime`` (seconds, default 3600, None for no limit)
+    replaces it if the server ended it (within ``acquire(timeout=...)``, which covers the check);
+    ``max_lifetime`` (seconds, default 3600, None for no limit)
     closes older connections on acquire.
     """
     if kwargs.get("connect") is not None:

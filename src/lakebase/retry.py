@@ -7,7 +7,7 @@
   ``External authorization failed`` (right after a role is created), a token API that is down.
 * ``AUTH``: 28P01, the token was refused: drop the cached token, mint a fresh one, retry once.
 * ``FATAL``: never retried: ``does not exist`` (role, database, endpoint), 42501, a second 28P01,
-  TLS refused, configuration errors.
+  TLS refused, a server certificate that does not verify (``sslmode=verify-*``), configuration errors.
 
 Drivers rarely give a SQLSTATE for login errors (libpq reports them as text), so the message is
 matched too. :func:`connect_with_retry` / :func:`aconnect_with_retry` run the loop around a driver's
@@ -65,8 +65,6 @@ _NO_HOST = Classification(Kind.FATAL, "the host name does not resolve", None,
                           "check PGHOST or the endpoint's host")
 # Message fragments (lowercase; all of a rule's fragments must occur), checked in order: the first match wins.
 _MESSAGE_RULES: list[tuple[tuple[str, ...], Classification]] = [
-    (("external authorization failed",),
-     Classification(Kind.TRANSIENT, "external authorization failed (a new role is propagating)", "28000")),
     (("failed to decode token",), Classification(Kind.AUTH, "token rejected", "28P01")),
     (("password authentication failed",), Classification(Kind.AUTH, "token rejected", "28P01")),
     (("sasl authentication failed",), Classification(
@@ -75,6 +73,16 @@ _MESSAGE_RULES: list[tuple[tuple[str, ...], Classification]] = [
         AuthenticationFailed)),
     (("connection is insecure",), Classification(
         Kind.FATAL, "TLS is required", "08P01", "use sslmode=require", ConnectionFailed)),
+    # TLS verification (sslmode=verify-ca/verify-full): retrying cannot make a certificate verify.
+    (("certificate verify failed",), Classification(
+        Kind.FATAL, "the server's TLS certificate did not verify", "08006",
+        "check sslrootcert (PGSSLROOTCERT), or use sslmode=require")),
+    (("does not match host name",), Classification(
+        Kind.FATAL, "the server's TLS certificate is for another host name", "08006",
+        "connect with the endpoint's host name, or use sslmode=verify-ca or require")),
+    (("root certificate file",), Classification(
+        Kind.FATAL, "the TLS root certificate (sslrootcert) cannot be read", None,
+        "check sslrootcert (PGSSLROOTCERT) points to a readable PEM file")),
     (("permission denied",), Classification(
         Kind.FATAL, "permission denied", "42501",
         'as the owner: GRANT CONNECT ON DATABASE <db> TO "<role>" (and schema and table privileges)',
@@ -139,6 +147,8 @@ def classify(exc: BaseException) -> Classification:
         return Classification(Kind.FATAL, type(exc).__name__)
     state = _sqlstate(exc)
     text = str(exc).lower()
+    if "external authorization failed" in text:  # whatever SQLSTATE it comes with (28P01, 28000, XX000)
+        return Classification(Kind.TRANSIENT, "external authorization failed (a new role is propagating)", state)
     if state == "28P01":
         return Classification(Kind.AUTH, "token rejected", state)
     if state == "42501":
