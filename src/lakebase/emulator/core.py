@@ -75,6 +75,9 @@ class Runtime:
         self._admin: Any = None
         self._role_cache: dict[str, tuple[float, RoleInfo]] = {}
         self._restart_until = 0.0
+        # Bumped by every restart and suspend: a login that was past its wait when one happened is
+        # ended as soon as it is handed off (it would otherwise escape the fault).
+        self.fault_generation = 0
 
     # ---- files the server reads --------------------------------------------------------------
     def write_server_files(self) -> None:
@@ -253,12 +256,14 @@ class Runtime:
         """Every session ends with 57P01; new logins wait ``restart_seconds``. Returns sessions ended."""
         self._restart_until = time.monotonic() + self.config.restart_seconds
         self.stats.restarts += 1
+        self.fault_generation += 1
         return await self.proxy.terminate_sessions(None, "restart")
 
     async def suspend(self, endpoint: Endpoint | None = None) -> int:
         """Scale to zero: the endpoint goes IDLE, its sessions end with 57P01; the next login wakes it."""
         ep = endpoint or self.workspace.primary
         ep.state = IDLE
+        self.fault_generation += 1
         return await self.proxy.terminate_sessions(ep, "suspend")
 
     def stats_dict(self) -> dict[str, Any]:

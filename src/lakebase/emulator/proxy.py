@@ -21,7 +21,6 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -62,6 +61,7 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
     terminating: str | None = None
+    fault_generation: int = 0
     transports: list[asyncio.Transport] = field(default_factory=list)
     # The stream writers of the login phase close their transport when garbage-collected: keep them.
     writers: tuple[asyncio.StreamWriter, ...] = ()
@@ -112,7 +112,7 @@ class Proxy:
         self._server: asyncio.base_events.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._wake_locks: dict[str, asyncio.Lock] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._sni: dict[int, str] = {}
         ctx = rt.ssl_context
         ctx.sni_callback = self._on_sni
@@ -298,7 +298,8 @@ class Proxy:
             )
         except OSError:
             raise LoginRefused("57P03", "the database system is starting up", "backend_unavailable") from None
-        session = Session(endpoint=endpoint, role=role, database=params["database"])
+        session = Session(endpoint=endpoint, role=role, database=params["database"],
+                          fault_generation=self.rt.fault_generation)
         try:
             b_writer.write(wire.startup_message(version, params))
             await b_writer.drain()
@@ -368,6 +369,10 @@ class Proxy:
             client_t.close()
             backend_t.close()
             lost()
+        elif session.fault_generation != self.rt.fault_generation:  # a restart/suspend raced this login
+            task = asyncio.get_running_loop().create_task(self._terminate([session], "fault during login"))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
 
     # ---- cancel ------------------------------------------------------------------------------
     async def _cancel(self, packet: wire.StartupPacket) -> None:
@@ -385,7 +390,7 @@ class Proxy:
         victims = [s for s in self.sessions if endpoint is None or s.endpoint is endpoint]
         return await self._terminate(victims, reason)
 
-    async def _terminate(self, victims: Iterable[Session], reason: str) -> int:
+    async def _terminate(self, victims: list[Session], reason: str) -> int:
         pids = []
         for s in victims:
             if s.terminating is None:
@@ -393,7 +398,13 @@ class Proxy:
                 pids.append(s.backend_pid)
         if not pids:
             return 0
-        await self.rt.admin_query("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+        try:
+            await self.rt.admin_query("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+        except BaseException:
+            for s in victims:  # let a later attempt (the reaper, the next fault) try again
+                if s.terminating == reason:
+                    s.terminating = None
+            raise
         self.rt.stats.sessions_terminated += len(pids)
         log.info("ended %d session(s): %s", len(pids), reason)
         return len(pids)
