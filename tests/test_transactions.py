@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 import lakebase
 import lakebase.asyncpg
 from lakebase import ConnectionFailed, LakebaseError
-from lakebase.emulator import Emulator
+from lakebase.emulator import EmulatorProcess as Emulator
 from lakebase.sqlalchemy import create_async_engine, create_engine
 from lakebase.transactions import (
     CommitOutcomeUnknown,
@@ -453,3 +453,17 @@ def test_the_errors_are_lakebase_errors() -> None:
     assert issubclass(CommitOutcomeUnknown, LakebaseError) and issubclass(TransactionFailed, LakebaseError)
     assert lakebase.run_transaction is run_transaction and lakebase.CommitOutcomeUnknown is CommitOutcomeUnknown
     assert lakebase.run_transaction_async is run_transaction_async
+
+
+async def test_async_twin_with_a_synchronous_factory_closes_what_it_opened(emulator: Emulator,
+                                                                          app_env: dict[str, str]) -> None:
+    opened: list[Any] = []
+
+    def sync_factory() -> Any:
+        conn = lakebase.connect()
+        opened.append(conn)
+        return conn
+
+    with pytest.raises(TypeError, match="needs a coroutine function"):
+        await run_transaction_async(sync_factory, lambda conn: None)
+    assert len(opened) == 1 and opened[0].closed

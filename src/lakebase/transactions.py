@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import sys
 import time
@@ -416,7 +417,14 @@ async def _async_connection(target: Any, kind: str) -> AsyncIterator[tuple[Any, 
         async with target.connection() as conn:
             yield conn, conn
     else:
-        conn = await target()
+        opened = target()
+        if not inspect.isawaitable(opened):  # a synchronous factory: do not leak what it opened
+            with contextlib.suppress(Exception):
+                opened.close()
+            raise TypeError(f"run_transaction_async needs a coroutine function that opens a connection "
+                            f"(e.g. lakebase.connect_async), got {getattr(target, '__name__', target)!r}; "
+                            "for a synchronous one use lakebase.run_transaction")
+        conn = await opened
         try:
             yield conn, conn
         finally:
