@@ -36,7 +36,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps
-	@$(BIN)/ruff format --check src tests benchmarks apps
+	@$(BIN)/mypy src/lakebase
 
 typecheck: $(STAMP)
 	@$(BIN)/mypy src/lakebase
