@@ -123,6 +123,8 @@ _dns_lock = threading.Lock()
 
 
 def _is_ip(host: str) -> bool:
+    if ":" not in host and not host[:1].isdigit():  # a host name: skip the exception path (hot on connect)
+        return False
     try:
         ipaddress.ip_address(host)
     except ValueError:
