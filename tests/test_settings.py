@@ -218,3 +218,23 @@ def test_an_empty_explicit_database() -> None:
 def test_empty_environment_variables_count_as_unset() -> None:
     s = Settings(env={"ENDPOINT_NAME": EP, "PGPORT": "", "PGDATABASE": " ", "PGHOST": ""})
     assert (s.port, s.database, s.host) == (5432, "databricks_postgres", None)
+
+
+def test_the_shared_connector_registry_is_bounded() -> None:
+    """An app that builds a WorkspaceClient per request must not grow the registry without end."""
+    from lakebase import connector
+
+    connector.reset()
+    settings = Settings(env={}, endpoint="projects/p/branches/production/endpoints/primary", host="localhost",
+                        user="someone@example.com")
+    clients = [object() for _ in range(connector.MAX_SHARED_CONNECTORS + 10)]
+    try:
+        first = connector.get_connector(settings, clients[0])
+        assert connector.get_connector(settings, clients[0]) is first  # shared while registered
+        for client in clients[1:]:
+            connector.get_connector(settings, client)
+        assert len(connector._connectors) == connector.MAX_SHARED_CONNECTORS
+        assert connector.get_connector(settings, clients[0]) is not first  # the oldest was evicted
+        assert connector.get_connector(settings, clients[-1]) is connector.get_connector(settings, clients[-1])
+    finally:
+        connector.reset()

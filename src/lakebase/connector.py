@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -134,7 +135,10 @@ class Connector:
 
 # ---- process-wide registries ---------------------------------------------------------------------
 _lock = threading.Lock()
-_connectors: dict[tuple[Any, ...], Connector] = {}
+# Least recently used last; bounded, so an app that builds a WorkspaceClient per request cannot grow
+# it without end (an evicted connector keeps working for whoever holds it; it is just not shared).
+MAX_SHARED_CONNECTORS = 256
+_connectors: OrderedDict[tuple[Any, ...], Connector] = OrderedDict()
 _caches: dict[tuple[Any, ...], CredentialCache] = {}
 _default_clients: dict[tuple[Any, ...], Any] = {}
 
@@ -192,9 +196,13 @@ def get_connector(settings: Settings | None = None, workspace_client: Any = None
         connector = _connectors.get(key)
         if connector is not None and (workspace_client is None or connector._workspace_client is workspace_client) \
                 and (credentials is None or connector._credentials is credentials):
+            _connectors.move_to_end(key)
             return connector
         connector = Connector(settings, workspace_client, credentials)
         _connectors[key] = connector
+        _connectors.move_to_end(key)
+        while len(_connectors) > MAX_SHARED_CONNECTORS:
+            _connectors.popitem(last=False)
         return connector
 
 
