@@ -23,9 +23,9 @@ import time
 
 import psycopg
 
-from lakebase.emulator import Emulator
+from lakebase.emulator import Emulator, EmulatorProcess
 
-from ._common import emulator_process, owner_token, write_results
+from ._common import owner_token, write_results
 
 SCRIPT = "SELECT 1;\n"
 
@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating direct/proxy rounds per client count")
     args = ap.parse_args()
 
-    with emulator_process() as (data_dir, env):
+    with tempfile.TemporaryDirectory(prefix="lakebase-bench-") as tmp, EmulatorProcess(tmp) as emu:
+        data_dir, env = emu.data_dir, emu.user_env
         token = owner_token(env)
         # the backend socket of *this* emulator: its postgres.log names it
         log = (data_dir / "postgres.log").read_text()

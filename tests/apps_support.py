@@ -6,13 +6,9 @@ import importlib.util
 import re
 import socket
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "apps"
@@ -66,16 +62,3 @@ def ensure_app_schema(emulator: Any, app_role: str) -> None:
     with owner_connect(emulator) as conn:
         init_schema(app_role, conn=conn)
         conn.commit()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2,
-               what: str = "condition") -> Any:
-    """Poll until ``condition()`` is truthy; a hang guard, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {timeout}s")
-        time.sleep(interval)

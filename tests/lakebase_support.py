@@ -52,7 +52,8 @@ def end_outage(emu: Emulator) -> None:
     emu.credential_outage(0)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+             what: str | None = None) -> Any:
     """Poll until ``condition()`` is truthy (returns it); fail after ``timeout`` (a hang guard, not a
     timing assertion)."""
     deadline = time.monotonic() + timeout
@@ -61,7 +62,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: floa
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {condition}")
+            pytest.fail(f"{what or condition} not met within {timeout}s")
         time.sleep(interval)
 
 

@@ -16,7 +16,8 @@ import pytest
 from lakebase import connector
 from lakebase.cli import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
 
-from .apps_support import FLASK_DIR, csrf_from, ensure_app_schema, free_port, load_module, note_count, wait_until
+from .apps_support import FLASK_DIR, csrf_from, ensure_app_schema, free_port, load_module, note_count
+from .lakebase_support import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +236,7 @@ def test_healthz_503_when_the_credential_outage_outlives_the_token(client: Any, 
     assert client.get("/healthz").status_code == 200  # a 3 s token is cached
     emulator.credential_outage(120, 503)
     # While the cached token is valid the app is healthy; once it has expired, it is not.
-    resp = wait_until(lambda: (r := client.get("/healthz")).status_code == 503 and r, what="/healthz 503")
+    resp = wait_for(lambda: (r := client.get("/healthz")).status_code == 503 and r, 60, 0.2, what="/healthz 503")
     body = resp.get_json()
     assert body["status"] == "unhealthy" and not body["token"]["ok"]
     # The reason names the credential API's failure: its 503, or no answer while it is being retried.
@@ -243,7 +244,8 @@ def test_healthz_503_when_the_credential_outage_outlives_the_token(client: Any, 
                for r in body["reasons"]), body["reasons"]
     assert body["database"]["ok"]  # pooled sessions outlive their token: the database itself answers
     emulator.credential_outage(0)  # recovery
-    wait_until(lambda: client.get("/healthz").status_code == 200, what="/healthz 200 after the outage")
+    wait_for(lambda: client.get("/healthz").status_code == 200, 60, 0.2,
+             what="/healthz 200 after the outage")
     assert client.post("/api/notes", json={"content": unique("after outage")}).status_code == 201
 
 

@@ -12,11 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from lakebase.emulator.process import read_env_file
+
 pytestmark = pytest.mark.slow
-
-
-def read_env(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
 
 
 def start_cli(data_dir: Path) -> subprocess.Popen[str]:
@@ -52,7 +50,7 @@ def postgres_pids(data_dir: Path) -> list[int]:
 def connect_as_owner(data_dir: Path) -> psycopg.Connection:
     from databricks.sdk import WorkspaceClient
 
-    env = read_env(data_dir / "user.env")
+    env = read_env_file(data_dir / "user.env")
     w = WorkspaceClient(host=env["DATABRICKS_HOST"], token=env["DATABRICKS_TOKEN"], auth_type="pat")
     token = w.postgres.generate_database_credential(endpoint=env["ENDPOINT_NAME"]).token
     return psycopg.connect(host=env["PGHOST"], port=env["PGPORT"], dbname=env["PGDATABASE"], user=env["PGUSER"],
@@ -72,7 +70,7 @@ def test_env_files_sigterm_and_persistence(tmp_path: Path) -> None:
     data_dir = tmp_path / "emu"
     proc = start_cli(data_dir)
     try:
-        user, app = read_env(data_dir / "user.env"), read_env(data_dir / "app.env")
+        user, app = read_env_file(data_dir / "user.env"), read_env_file(data_dir / "app.env")
         assert set(user) == {"DATABRICKS_HOST", "DATABRICKS_TOKEN", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER",
                              "PGSSLMODE", "ENDPOINT_NAME"}
         assert user["DATABRICKS_HOST"].startswith("http://127.0.0.1:")
