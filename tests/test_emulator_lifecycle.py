@@ -115,3 +115,31 @@ def test_killed_emulator_leaves_no_orphan_and_restarts(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_in_process_emulator_api(tmp_path: Path) -> None:
+    """The in-process ``Emulator`` offers the same controls as ``EmulatorProcess``, without HTTP."""
+    from databricks.sdk import WorkspaceClient
+
+    from lakebase.emulator import ConfigError, Emulator
+
+    with Emulator(tmp_path / "emu", token_ttl=600) as emu:
+        assert read_env_file(emu.data_dir / "user.env") == emu.user_env
+        assert emu.configure(wake_delay_seconds=0.05)["token_ttl_seconds"] == 600
+        with pytest.raises(ConfigError, match="latency_ms must be between"):
+            emu.configure(latency_ms=-1)
+        user = emu.add_user("in.process@example.com")
+        w = WorkspaceClient(host=emu.api_url, token=user.pat, auth_type="pat")
+        cred = w.postgres.generate_database_credential(endpoint=emu.endpoint_name)
+        assert cred.token
+        owner = WorkspaceClient(host=emu.api_url, token=emu.owner.pat, auth_type="pat")
+        token = owner.postgres.generate_database_credential(endpoint=emu.endpoint_name).token
+        with psycopg.connect(host="localhost", port=emu.pg_port, user=emu.owner.name, dbname="databricks_postgres",
+                             sslmode="require", password=token, autocommit=True) as conn:
+            assert emu.stats()["active_sessions"] == 1
+            assert emu.suspend() == 1
+            assert emu.endpoint_state() == "IDLE"
+            with pytest.raises(psycopg.errors.AdminShutdown):
+                conn.execute("SELECT 1")
+        assert emu.add_read_only_endpoint("replica-in-process").host == "replica-in-process.localhost"
+        assert emu.stats()["credentials_issued"] == 2

@@ -476,18 +476,15 @@ class Emulator:
     # ---- identities ----------------------------------------------------------------------------
     def add_user(self, email: str) -> Identity:
         """Add a workspace user (with a PAT); the extension then accepts it in databricks_create_role."""
-        return self._call_sync(self._add_identity, email, "USER")
+        return self._call_sync(self.runtime.add_identity, email, "USER")
 
     def add_service_principal(self, display_name: str = "service-principal") -> Identity:
         import uuid
 
-        return self._call_sync(self._add_identity, str(uuid.uuid4()), "SERVICE_PRINCIPAL", display_name)
+        return self._call_sync(self.runtime.add_identity, str(uuid.uuid4()), "SERVICE_PRINCIPAL", display_name)
 
     def add_group(self, name: str) -> Identity:
-        return self._call_sync(self._add_identity, name, "GROUP")
-
-    def _add_identity(self, name: str, type_: str, display_name: str | None = None) -> Identity:
-        return self.runtime.add_identity(name, type_, display_name)
+        return self._call_sync(self.runtime.add_identity, name, "GROUP")
 
     def add_read_only_endpoint(self, endpoint_id: str) -> Endpoint:
         """A read replica on the production branch (the REST API does the same through an operation)."""
@@ -522,7 +519,3 @@ class Emulator:
         ep = self.workspace.find_endpoint(endpoint) if endpoint else self.workspace.primary
         assert ep is not None
         return ep.state
-
-    def superuser_conninfo(self, dbname: str = DEFAULT_DATABASE) -> dict[str, Any]:
-        """Straight to the backend over its Unix socket, bypassing the proxy (benchmarks, admin)."""
-        return self.runtime.pg.connect_kwargs(dbname=dbname)

@@ -108,10 +108,6 @@ class PostgresServer:
             return {}
         return {"user": self.user, "group": self.user, "extra_groups": []}
 
-    @property
-    def conninfo(self) -> str:
-        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname=postgres"
-
     def connect_kwargs(self, user: str = SUPERUSER, dbname: str = "postgres") -> dict[str, object]:
         return {"host": str(self.socket_dir), "port": self.port, "user": user, "dbname": dbname}
 
@@ -207,9 +203,6 @@ class PostgresServer:
         except OSError:
             return "(no log)"
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self, timeout: float = 15.0) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
@@ -223,7 +216,3 @@ class PostgresServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
