@@ -30,32 +30,42 @@ from databricks.sdk.errors import (
     BadRequest,
     InvalidParameterValue,
     NotFound,
+    NotImplemented,
+    PermissionDenied,
     RequestLimitExceeded,
     ResourceConflict,
     TemporarilyUnavailable,
     TooManyRequests,
     Unauthenticated,
 )
+from databricks.sdk.service.database import DatabaseInstance
 from databricks.sdk.service.postgres import (
+    Branch,
+    BranchSpec,
+    Database,
+    DatabaseDatabaseSpec,
     Endpoint,
     EndpointSpec,
     EndpointStatusState,
     EndpointType,
     Role,
+    RoleAttributes,
     RoleAuthMethod,
     RoleIdentityType,
     RoleMembershipRole,
     RoleRoleSpec,
 )
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lakebase.emulator import EmulatorProcess, api
-from lakebase.emulator.faults import CredentialOutage, EmulatorConfig, Stats
+from lakebase.emulator.faults import ConfigError, CredentialOutage, EmulatorConfig, Stats
 from lakebase.emulator.state import INSTANCE_NAME, Workspace
 from lakebase.emulator.tokens import DATABASE_AUDIENCE, TokenAuthority
 
 from .conftest import owner_connect
+from .lakebase_support import wait_for
 
 Emu = EmulatorProcess
 
@@ -604,6 +614,173 @@ def test_unknown_operation(emu: Emu) -> None:
         pat_client(emu).postgres.get_operation(f"{branch(emu)}/operations/{uuid.uuid4().hex}")
 
 
+# ---- authorization: the project owner's CAN_MANAGE -----------------------------------------------
+def endpoint_names(emu: Emu) -> list[str]:
+    return sorted(e.name or "" for e in pat_client(emu).postgres.list_endpoints(parent=branch(emu)))
+
+
+def role_names(emu: Emu) -> list[str]:
+    return sorted(r.status.postgres_role or "" for r in pat_client(emu).postgres.list_roles(parent=branch(emu))
+                  if r.status)
+
+
+def suspension_of(ep: Endpoint) -> tuple[bool | None, str | None]:
+    assert ep.spec is not None and ep.status is not None
+    spec = (ep.spec.no_suspension, ep.spec.suspend_timeout_duration.ToJsonString()
+            if ep.spec.suspend_timeout_duration else None)
+    status = ep.status.suspend_timeout_duration.ToJsonString() if ep.status.suspend_timeout_duration else None
+    assert spec[1] == status
+    return spec
+
+
+def suspend_spec(timeout: str | None = None, no_suspension: bool | None = None) -> Endpoint:
+    duration = None
+    if timeout is not None:
+        duration = Duration()
+        duration.FromJsonString(timeout)
+    return Endpoint(spec=EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_ONLY,
+                                      suspend_timeout_duration=duration, no_suspension=no_suspension))
+
+
+def mask(*paths: str) -> FieldMask:
+    return FieldMask(paths=list(paths))
+
+
+def test_only_the_project_owner_changes_the_project(emu: Emu) -> None:
+    """With app.env alone, the app's service principal reads and mints credentials but changes nothing."""
+    owner, app = pat_client(emu), m2m_client(emu)
+    replica = unique("replica")
+    owner.postgres.create_endpoint(parent=branch(emu), endpoint_id=replica, endpoint=read_only_spec()).wait()
+    replica_name = f"{branch(emu)}/endpoints/{replica}"
+    try:
+        endpoints, roles = endpoint_names(emu), role_names(emu)
+        sneaky = emu.add_service_principal("sneaky")
+        bob = emu.add_user(f"{unique('bob')}@example.com")
+        superuser = Role(spec=RoleRoleSpec(
+            postgres_role=sneaky.name, identity_type=RoleIdentityType.SERVICE_PRINCIPAL,
+            membership_roles=[RoleMembershipRole.DATABRICKS_SUPERUSER],
+            attributes=RoleAttributes(createrole=True, bypassrls=True)))
+        changes: list[tuple[str, Any]] = [
+            ("create an endpoint", lambda w: w.postgres.create_endpoint(
+                parent=branch(emu), endpoint_id=unique("rogue"), endpoint=read_only_spec())),
+            ("delete an endpoint", lambda w: w.postgres.delete_endpoint(replica_name)),
+            ("update an endpoint", lambda w: w.postgres.update_endpoint(
+                replica_name, suspend_spec(no_suspension=True), mask("spec.no_suspension"))),
+            ("create a role", lambda w: w.postgres.create_role(parent=branch(emu), role=superuser)),
+            ("POST", lambda w: w.postgres.create_database(parent=branch(emu), database=Database(
+                spec=DatabaseDatabaseSpec(postgres_database="rogue", role=emu.owner.name)))),
+            ("DELETE", lambda w: w.postgres.delete_role(f"{branch(emu)}/roles/{api.role_id_for(emu.owner.name)}")),
+            ("POST", lambda w: w.postgres.create_branch(parent=project(emu), branch_id="rogue",
+                                                        branch=Branch(spec=BranchSpec(no_expiry=True)))),
+            ("DELETE", lambda w: w.postgres.delete_project(project(emu))),
+            ("POST", lambda w: w.database.create_database_instance(DatabaseInstance(name="rogue"))),
+            ("DELETE", lambda w: w.database.delete_database_instance(INSTANCE_NAME)),
+        ]
+        for who, client in (("service principal", app), ("user", pat_client(emu, token=bob.pat))):
+            for action, change in changes:
+                with pytest.raises(PermissionDenied, match=f"^{who} '.+' does not have CAN_MANAGE permission on "
+                                                           f"project '{project(emu)}', which is needed to {action}"):
+                    change(client)
+        # Nothing changed.
+        assert endpoint_names(emu) == endpoints and role_names(emu) == roles
+        assert suspension_of(owner.postgres.get_endpoint(replica_name)) == (None, None)
+        assert owner.database.get_database_instance(INSTANCE_NAME).state is not None
+
+        # The error body is Databricks': 403 {"error_code": "PERMISSION_DENIED", "message"} naming who and why.
+        with http(emu, app_access_token(emu)) as client:
+            resp = client.delete(f"/api/2.0/postgres/{replica_name}")
+        assert resp.status_code == 403
+        body = resp.json()
+        assert set(body) == {"error_code", "message"} and body["error_code"] == "PERMISSION_DENIED"
+        assert f"service principal '{emu.app.name}'" in body["message"] and emu.owner.name in body["message"]
+
+        # Reads and credentials stay open to every workspace identity.
+        assert sorted(e.name or "" for e in app.postgres.list_endpoints(parent=branch(emu))) == endpoints
+        assert app.postgres.get_project(project(emu)).name == project(emu)
+        assert app.postgres.list_roles(parent=branch(emu))
+        assert app.postgres.generate_database_credential(endpoint=replica_name).token
+        assert app.database.generate_database_credential(instance_names=[INSTANCE_NAME],
+                                                         request_id=str(uuid.uuid4())).token
+        # The owner may; what is not emulated then says so.
+        with pytest.raises(NotImplemented):
+            owner.database.delete_database_instance(INSTANCE_NAME)
+    finally:
+        owner.postgres.delete_endpoint(replica_name).wait()
+    assert replica_name not in endpoint_names(emu)
+
+
+def test_update_endpoint_suspension(emu: Emu) -> None:
+    """``update_endpoint`` with an update mask sets the endpoint's own suspension; the JSON reports what the
+    emulator does; the suspend fault refuses a no_suspension endpoint."""
+    w = pat_client(emu)
+    # Nothing set anywhere: no idle suspension, and the endpoint does not claim no_suspension (the suspend
+    # fault suspends it).
+    assert suspension_of(w.postgres.get_endpoint(emu.endpoint_name)) == (None, None)
+    emu.configure(suspend_after_idle_seconds=600)
+    assert suspension_of(w.postgres.get_endpoint(emu.endpoint_name)) == (None, "600s")
+    project_defaults = w.postgres.get_project(project(emu)).status
+    assert project_defaults is not None and project_defaults.default_endpoint_settings is not None
+    assert project_defaults.default_endpoint_settings.suspend_timeout_duration is not None
+
+    replica = unique("replica")
+    name = f"{branch(emu)}/endpoints/{replica}"
+    w.postgres.create_endpoint(parent=branch(emu), endpoint_id=replica, endpoint=read_only_spec()).wait()
+    try:
+        never = w.postgres.update_endpoint(name, suspend_spec(no_suspension=True), mask("spec.no_suspension")).wait()
+        assert suspension_of(never) == (True, None)
+        assert suspension_of(w.postgres.get_endpoint(name)) == (True, None)
+        with pytest.raises(ConfigError, match="no_suspension"):
+            emu.suspend(name)
+        assert emu.endpoint_state(name) == "ACTIVE"
+
+        timed = w.postgres.update_endpoint(name, suspend_spec("120s"), mask("spec.suspend_timeout_duration")).wait()
+        assert suspension_of(timed) == (None, "120s")
+        emu.suspend(name)
+        assert emu.endpoint_state(name) == "IDLE"
+        # Cleared: back to the emulator's default.
+        cleared = w.postgres.update_endpoint(name, suspend_spec(), mask("spec.suspend_timeout_duration")).wait()
+        assert suspension_of(cleared) == (None, "600s")
+        limits = w.postgres.update_endpoint(name, read_only_spec(1, 4), mask(
+            "spec.autoscaling_limit_min_cu", "spec.autoscaling_limit_max_cu")).wait()
+        assert limits.spec is not None and (limits.spec.autoscaling_limit_min_cu,
+                                            limits.spec.autoscaling_limit_max_cu) == (1, 4)
+
+        for spec, paths, message in [
+            (suspend_spec("30s"), ["spec.suspend_timeout_duration"], "between 60s and 604800s"),
+            (suspend_spec("120s", True), ["spec.suspend_timeout_duration", "spec.no_suspension"],
+             "mutually exclusive"),
+            (suspend_spec(), ["spec.disabled"], "cannot update: spec.disabled"),
+            (read_only_spec(4, 2), ["spec.autoscaling_limit_min_cu", "spec.autoscaling_limit_max_cu"],
+             "must not exceed"),
+        ]:
+            with pytest.raises(BadRequest, match=message):
+                w.postgres.update_endpoint(name, spec, mask(*paths))
+        with owner_http(emu) as client:
+            resp = client.patch(f"/api/2.0/postgres/{name}", json={})
+            assert resp.status_code == 400 and "update_mask" in resp.json()["message"]
+        assert suspension_of(w.postgres.get_endpoint(name)) == (None, "600s")
+    finally:
+        w.postgres.delete_endpoint(name).wait()
+
+
+def test_the_idle_timer_follows_each_endpoints_setting(emu: Emu) -> None:
+    w = pat_client(emu)
+    ids = [unique("never"), unique("slow"), unique("default")]  # created in this order: idle longest first
+    names = [f"{branch(emu)}/endpoints/{i}" for i in ids]
+    for endpoint_id in ids:
+        w.postgres.create_endpoint(parent=branch(emu), endpoint_id=endpoint_id, endpoint=read_only_spec()).wait()
+    try:
+        w.postgres.update_endpoint(names[0], suspend_spec(no_suspension=True), mask("spec.no_suspension")).wait()
+        w.postgres.update_endpoint(names[1], suspend_spec("3600s"), mask("spec.suspend_timeout_duration")).wait()
+        emu.configure(suspend_after_idle_seconds=0.2)
+        wait_for(lambda: emu.endpoint_state(names[2]) == "IDLE", what="the default endpoint suspends")
+        # The other two were idle longer and the same reaper pass saw them: their own settings held.
+        assert [emu.endpoint_state(n) for n in names[:2]] == ["ACTIVE", "ACTIVE"]
+    finally:
+        for n in names:
+            w.postgres.delete_endpoint(n).wait()
+
+
 # ---- the admin API -------------------------------------------------------------------------------
 def test_admin_api_is_for_the_owner_pat_only(emu: Emu) -> None:
     with http(emu) as client:
@@ -742,7 +919,7 @@ def test_malformed_bodies(emu: Emu) -> None:
 
 def test_unsupported_method_and_route(emu: Emu) -> None:
     with owner_http(emu) as client:
-        resp = client.patch(f"/api/2.0/postgres/{emu.endpoint_name}", json={})
+        resp = client.put(f"/api/2.0/postgres/{emu.endpoint_name}", json={})
         assert resp.status_code == 501 and resp.json()["error_code"] == "NOT_IMPLEMENTED"
         resp = client.get("/nothing-here")
         assert resp.status_code == 404 and resp.json()["error_code"] == "ENDPOINT_NOT_FOUND"

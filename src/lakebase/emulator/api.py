@@ -40,7 +40,16 @@ from psycopg_pool import PoolTimeout
 
 from .core import SUPERUSER_GROUP, RoleInfo, Runtime
 from .faults import ConfigError
-from .state import DEFAULT_BRANCH, INSTANCE_NAME, READ_ONLY, READ_WRITE, Endpoint, Identity
+from .state import (
+    CAN_MANAGE,
+    CAN_USE,
+    DEFAULT_BRANCH,
+    INSTANCE_NAME,
+    READ_ONLY,
+    READ_WRITE,
+    Endpoint,
+    Identity,
+)
 from .tokens import WORKSPACE_AUDIENCE, InvalidToken, rfc3339
 
 log = logging.getLogger("lakebase.emulator.api")
@@ -151,11 +160,15 @@ def pg_major_version(rt: Runtime) -> int:
         return 18
 
 
-def suspend_fields(rt: Runtime) -> dict[str, Any]:
-    seconds = rt.config.suspend_after_idle_seconds
-    if seconds is None:
+def suspend_fields(rt: Runtime, ep: Endpoint | None = None) -> dict[str, Any]:
+    """What the emulator does: ``no_suspension`` only when set through the API (the suspend fault is
+    then refused); else the idle timeout in force, the endpoint's own or the emulator-wide
+    ``suspend_after_idle_seconds``; neither field when there is none (only the suspend fault suspends)."""
+    if ep is not None and ep.no_suspension:
         return {"no_suspension": True}
-    return {"suspend_timeout_duration": duration(seconds)}
+    default = rt.config.suspend_after_idle_seconds
+    seconds = default if ep is None else ep.suspend_after(default)
+    return {} if seconds is None else {"suspend_timeout_duration": duration(seconds)}
 
 
 def project_json(rt: Runtime) -> dict[str, Any]:
@@ -223,7 +236,7 @@ def endpoint_json(rt: Runtime, ep: Endpoint) -> dict[str, Any]:
     settings = {
         "autoscaling_limit_min_cu": ep.autoscaling_limit_min_cu,
         "autoscaling_limit_max_cu": ep.autoscaling_limit_max_cu,
-        **suspend_fields(rt),
+        **suspend_fields(rt, ep),
         "disabled": False,
     }
     return {
@@ -238,7 +251,7 @@ def endpoint_json(rt: Runtime, ep: Endpoint) -> dict[str, Any]:
             "endpoint_id": ep.endpoint_id,
             "endpoint_type": ep.endpoint_type,
             "current_state": ep.state,
-            **settings,
+            **{k: v for k, v in settings.items() if k != "no_suspension"},  # not in the status schema
             "hosts": hosts,
             "last_active_time": rfc3339(ep.last_active_time),
         },
@@ -408,6 +421,40 @@ def authenticate(rt: Runtime, request: web.Request) -> tuple[Identity, bool]:
     if ident is None:
         raise ApiError(401, "UNAUTHENTICATED", "Invalid access token: its identity is not in the workspace")
     return ident, False
+
+
+# ---- authorization -----------------------------------------------------------------------------
+# Reads (GET, HEAD) are open to every workspace identity. Every other method under /api/ needs a
+# permission on the project: what its handler declares with @requires, CAN_MANAGE when it declares
+# nothing (so a new or unemulated change is denied to non-owners, as on Databricks, before anything
+# else is looked at).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PERMISSION_ATTR = "_lakebase_permission"
+
+
+def requires(permission: str, action: str) -> Callable[[Handler], Handler]:
+    """Declare the project permission a changing route needs; ``action`` names it in the error."""
+    def mark(handler: Handler) -> Handler:
+        setattr(handler, PERMISSION_ATTR, (permission, action))
+        return handler
+    return mark
+
+
+def authorize(rt: Runtime, request: web.Request, ident: Identity) -> None:
+    """403 PERMISSION_DENIED unless ``ident`` holds the permission the request's route needs."""
+    if request.method in SAFE_METHODS:
+        return
+    needed, action = getattr(request.match_info.handler, PERMISSION_ATTR,
+                             (CAN_MANAGE, f"{request.method} {request.path}"))
+    held = rt.workspace.permission(ident)
+    if needed == CAN_USE or held == CAN_MANAGE:
+        return
+    owner = rt.workspace.owner.name
+    raise ApiError(403, "PERMISSION_DENIED",
+                   f"{ident.type.lower().replace('_', ' ')} '{ident.name}' does not have {needed} permission on "
+                   f"project '{project_name(rt)}', which is needed to {action}; it has {held} (read and "
+                   f"generate database credentials). Make the change as the project owner ('{owner}', "
+                   "DATABRICKS_TOKEN in user.env)")
 
 
 def check_admin(rt: Runtime, request: web.Request) -> None:
@@ -679,6 +726,7 @@ def requested_lifetime(body: dict[str, Any]) -> float | None:
     return None
 
 
+@requires(CAN_USE, "generate a database credential")
 async def postgres_credential(request: web.Request) -> web.Response:
     rt = runtime(request)
     check_outage(rt)
@@ -696,6 +744,7 @@ async def postgres_credential(request: web.Request) -> web.Response:
     return web.json_response({"token": token, "expire_time": rfc3339(claims.expires_at)})
 
 
+@requires(CAN_USE, "generate a database credential")
 async def database_credential(request: web.Request) -> web.Response:
     rt = runtime(request)
     check_outage(rt)
@@ -771,6 +820,7 @@ def compute_units(spec: dict[str, Any], name: str, default: float) -> float:
     return float(value)
 
 
+@requires(CAN_MANAGE, "create an endpoint")
 async def create_endpoint(request: web.Request) -> web.Response:
     rt = runtime(request)
     ws = rt.workspace
@@ -803,6 +853,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
     return web.json_response(operation)
 
 
+@requires(CAN_MANAGE, "delete an endpoint")
 async def delete_endpoint(request: web.Request) -> web.Response:
     rt = runtime(request)
     ep = endpoint_from_request(rt, request)
@@ -815,6 +866,82 @@ async def delete_endpoint(request: web.Request) -> web.Response:
         await rt.proxy.terminate_sessions(ep, "delete")
     log.info("deleted read-only endpoint %s", ep.name)
     operation = request.app[OPERATIONS].start(ep.parent, {})
+    return web.json_response(operation)
+
+
+UPDATABLE_ENDPOINT_FIELDS = ("spec.autoscaling_limit_min_cu", "spec.autoscaling_limit_max_cu",
+                             "spec.suspend_timeout_duration", "spec.no_suspension")
+SUSPEND_TIMEOUT_RANGE = (60.0, 604800.0)  # Databricks': 1 minute to 1 week
+
+
+def update_mask(request: web.Request, allowed: tuple[str, ...]) -> set[str]:
+    """The ``update_mask`` query parameter's paths, in snake case (the SDK sends a protobuf FieldMask's
+    JSON form, ``spec.suspendTimeoutDuration``)."""
+    raw = request.query.get("update_mask", "")
+    paths = {re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), p.strip()) for p in raw.split(",") if p.strip()}
+    if not paths:
+        raise bad_request(f"update_mask (a query parameter) is required: the fields to change, one or more of "
+                          f"{', '.join(allowed)}")
+    unknown = paths - set(allowed)
+    if unknown:
+        raise bad_request(f"update_mask has fields the Lakebase emulator cannot update: "
+                          f"{', '.join(sorted(unknown))}; it updates {', '.join(allowed)}")
+    return paths
+
+
+def suspend_timeout(spec: dict[str, Any]) -> float | None:
+    value = field(spec, "suspend_timeout_duration", str, label="spec.suspend_timeout_duration")
+    if value is None:
+        return None
+    d = Duration()
+    try:
+        d.FromJsonString(value)
+    except ValueError:
+        raise bad_request(f"spec.suspend_timeout_duration must be a duration such as \"300s\", "
+                          f"got {_shown(value)}") from None
+    seconds = d.ToTimedelta().total_seconds()
+    low, high = SUSPEND_TIMEOUT_RANGE
+    if not low <= seconds <= high:
+        raise bad_request(f"spec.suspend_timeout_duration must be between {low:.0f}s and {high:.0f}s, "
+                          f"got {value}")
+    return seconds
+
+
+@requires(CAN_MANAGE, "update an endpoint")
+async def update_endpoint(request: web.Request) -> web.Response:
+    """``w.postgres.update_endpoint``: autoscaling limits and suspension, the fields in ``update_mask``.
+    A masked field absent from the body is cleared (suspension: back to the emulator's default)."""
+    rt = runtime(request)
+    ep = endpoint_from_request(rt, request)
+    paths = update_mask(request, UPDATABLE_ENDPOINT_FIELDS)
+    spec = field(await read_json(request), "spec", dict) or {}
+    low, high = ep.autoscaling_limit_min_cu, ep.autoscaling_limit_max_cu
+    for name in ("autoscaling_limit_min_cu", "autoscaling_limit_max_cu"):
+        if f"spec.{name}" in paths:
+            if spec.get(name) is None:
+                raise bad_request(f"spec.{name} is in update_mask but not in the body")
+            if name.endswith("min_cu"):
+                low = compute_units(spec, name, low)
+            else:
+                high = compute_units(spec, name, high)
+    if low > high:
+        raise bad_request(f"spec.autoscaling_limit_min_cu ({low:g}) must not exceed "
+                          f"spec.autoscaling_limit_max_cu ({high:g})")
+    timeout, never = ep.suspend_timeout_seconds, ep.no_suspension
+    if "spec.suspend_timeout_duration" in paths:
+        timeout = suspend_timeout(spec)
+        never = never and timeout is None
+    if "spec.no_suspension" in paths:
+        never = bool(field(spec, "no_suspension", bool, label="spec.no_suspension"))
+        if never and "spec.suspend_timeout_duration" in paths and timeout is not None:
+            raise bad_request("spec.no_suspension and spec.suspend_timeout_duration are mutually exclusive: "
+                              "set one of them")
+        timeout = None if never else timeout
+    ep.autoscaling_limit_min_cu, ep.autoscaling_limit_max_cu = low, high
+    ep.suspend_timeout_seconds, ep.no_suspension = timeout, never
+    rt.workspace.save()
+    log.info("updated endpoint %s: %s", ep.name, ", ".join(sorted(paths)))
+    operation = request.app[OPERATIONS].start(ep.parent, endpoint_json(rt, ep))
     return web.json_response(operation)
 
 
@@ -879,6 +1006,7 @@ def role_spec(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
             "superuser_member": SUPERUSER_MEMBERSHIP in memberships, **flags}
 
 
+@requires(CAN_MANAGE, "create a role")
 async def create_role(request: web.Request) -> web.Response:
     rt = runtime(request)
     branch = check_branch(rt, request)
@@ -972,7 +1100,10 @@ async def admin_suspend(request: web.Request) -> web.Response:
     ep = rt.workspace.primary if key is None else rt.workspace.find_endpoint(key)
     if ep is None:
         raise not_found(f"endpoint {_shown(key)} does not exist")
-    ended = await rt.suspend(ep)
+    try:
+        ended = await rt.suspend(ep)
+    except ConfigError as exc:
+        raise ApiError(400, "INVALID_STATE", str(exc)) from None
     return web.json_response({"endpoint": ep.name, "state": ep.state, "sessions_terminated": ended})
 
 
@@ -1055,6 +1186,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         if request.path.startswith("/api/"):
             request[IDENTITY] = authenticate(rt, request)[0]
+            authorize(rt, request, request[IDENTITY])
         elif request.path.startswith("/emulator/"):
             check_admin(rt, request)
         response = await handler(request)
@@ -1096,6 +1228,7 @@ def build_app(rt: Runtime) -> web.Application:
         web.post(branch + "/endpoints", create_endpoint),
         web.get(branch + "/endpoints/{endpoint}", get_endpoint),
         web.delete(branch + "/endpoints/{endpoint}", delete_endpoint),
+        web.patch(branch + "/endpoints/{endpoint}", update_endpoint),
         web.get(branch + "/roles", list_roles),
         web.post(branch + "/roles", create_role),
         web.get(branch + "/roles/{role}", get_role),

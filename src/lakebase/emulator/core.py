@@ -260,8 +260,13 @@ class Runtime:
         return await self.proxy.terminate_sessions(None, "restart")
 
     async def suspend(self, endpoint: Endpoint | None = None) -> int:
-        """Scale to zero: the endpoint goes IDLE, its sessions end with 57P01; the next login wakes it."""
+        """Scale to zero: the endpoint goes IDLE, its sessions end with 57P01; the next login wakes it.
+        Raises ConfigError for an endpoint with ``no_suspension`` set."""
         ep = endpoint or self.workspace.primary
+        if ep.no_suspension:
+            raise ConfigError(f"endpoint '{ep.name}' has no_suspension set (through update_endpoint), so it "
+                              "never scales to zero and the suspend fault is refused; set "
+                              "spec.suspend_timeout_duration or spec.no_suspension=false first")
         ep.state = IDLE
         self.fault_generation += 1
         return await self.proxy.terminate_sessions(ep, "suspend")

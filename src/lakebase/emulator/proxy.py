@@ -428,14 +428,13 @@ class Proxy:
             await self._terminate(idle, "idle timeout")
         if old:
             await self._terminate(old, "maximum connection lifetime")
-        if cfg.suspend_after_idle_seconds is not None:
-            busy = {s.endpoint.name for s in self.sessions}
-            wall = time.time()
-            for ep in self.rt.workspace.endpoints.values():
-                if ep.name in busy:
-                    ep.last_active_time = wall
-                elif ep.state == ACTIVE and wall - ep.last_active_time >= cfg.suspend_after_idle_seconds:
-                    ep.state = IDLE
-                    log.info("endpoint %s suspended after %.1f s without connections", ep.name,
-                             cfg.suspend_after_idle_seconds)
+        busy = {s.endpoint.name for s in self.sessions}
+        wall = time.time()
+        for ep in self.rt.workspace.endpoints.values():
+            after = ep.suspend_after(cfg.suspend_after_idle_seconds)
+            if ep.name in busy:
+                ep.last_active_time = wall
+            elif after is not None and ep.state == ACTIVE and wall - ep.last_active_time >= after:
+                ep.state = IDLE
+                log.info("endpoint %s suspended after %.1f s without connections", ep.name, after)
 

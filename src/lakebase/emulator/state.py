@@ -31,6 +31,12 @@ ACTIVE = "ACTIVE"
 IDLE = "IDLE"
 INIT = "INIT"
 
+# Project permission levels (as on Databricks): the owner manages the project (creates, updates and
+# deletes its branches, endpoints, roles and databases); every other workspace identity may use it
+# (read it and generate database credentials).
+CAN_MANAGE = "CAN_MANAGE"
+CAN_USE = "CAN_USE"
+
 
 @dataclass
 class Identity:
@@ -57,6 +63,9 @@ class Endpoint:
     create_time: float
     autoscaling_limit_min_cu: float = 0.5
     autoscaling_limit_max_cu: float = 1.0
+    # Set through the API (update_endpoint); neither set: the emulator's suspend_after_idle_seconds.
+    suspend_timeout_seconds: float | None = None
+    no_suspension: bool = False
     # Runtime only (not persisted): kept up to date by the proxy.
     state: str = field(default=ACTIVE, compare=False)
     last_active_time: float = field(default_factory=time.time, compare=False)
@@ -80,6 +89,13 @@ class Endpoint:
         if self.endpoint_id == PRIMARY_ENDPOINT and self.branch_id == DEFAULT_BRANCH:
             return "localhost"
         return f"{self.endpoint_id}.localhost"
+
+    def suspend_after(self, default: float | None) -> float | None:
+        """Seconds without sessions after which this endpoint suspends (None: never), given the
+        emulator-wide ``suspend_after_idle_seconds``."""
+        if self.no_suspension:
+            return None
+        return default if self.suspend_timeout_seconds is None else self.suspend_timeout_seconds
 
     def persistent(self) -> dict[str, Any]:
         data = asdict(self)
@@ -178,6 +194,10 @@ class Workspace:
     @property
     def app(self) -> Identity:
         return next(i for i in self.identities.values() if i.type == "SERVICE_PRINCIPAL")
+
+    def permission(self, ident: Identity) -> str:
+        """The identity's permission on the project: the owner's CAN_MANAGE, everyone else's CAN_USE."""
+        return CAN_MANAGE if ident.name == self.owner.name else CAN_USE
 
     def identity_by_pat(self, token: str) -> Identity | None:
         for ident in self.identities.values():
