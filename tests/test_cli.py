@@ -386,8 +386,8 @@ def _run_demo(data_dir: Path, content: str | None) -> list[str]:
 
     env = clean_environment({"DATABRICKS_CONFIG_FILE": "/nonexistent/databrickscfg"})
     proc = subprocess.Popen([sys.executable, "-m", "lakebase", "demo", "--data-dir", str(data_dir), "--port", "0",
-                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                             "--pg-port", "0", "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         url = None
         assert proc.stdout is not None
@@ -427,3 +427,87 @@ def test_demo_serves_the_app_stops_cleanly_and_keeps_notes(tmp_path: Path) -> No
     assert content in second
     assert second.count("Welcome to Lakebase Autoscaling!") == 1  # the sample notes were not added again
     assert _processes_mentioning(str(data_dir)) == []
+
+
+# ---- emulator start: Lakebase's port 5432 when free ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def port_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("emulator-5432")
+
+
+def _emulator_without_pg_port(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], Path]:
+    """`lakebase emulator start` with no --pg-port, until ready: the process, user.env and its stderr file."""
+    import time
+
+    from lakebase.emulator.process import read_env_file
+
+    for name in ("user.env", "app.env"):
+        (data_dir / name).unlink(missing_ok=True)
+    stderr = data_dir / "start.stderr"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "lakebase", "emulator", "start", "--data-dir", str(data_dir),
+                                 "--api-port", "0"], env=clean_environment(), stdout=subprocess.DEVNULL, stderr=err,
+                                text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (data_dir / "app.env").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the emulator did not start:\n{stderr.read_text()}")
+        time.sleep(0.05)
+    return proc, read_env_file(data_dir / "user.env"), stderr
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    assert proc.returncode == 0
+
+
+def test_emulator_start_says_when_5432_is_taken(port_data_dir: Path) -> None:
+    import socket
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 5432))
+        holder.listen()
+    except OSError:
+        pass  # something else has it: the emulator must step aside all the same
+    try:
+        proc, env, stderr = _emulator_without_pg_port(port_data_dir)
+        try:
+            port = int(env["PGPORT"])
+            assert port != 5432
+            said = " ".join(stderr.read_text().split())
+            assert "port 5432 (Lakebase's Postgres port) is taken" in said
+            assert f"listens on port {port} instead" in said and "--pg-port" in said
+        finally:
+            _stop(proc)
+    finally:
+        holder.close()
+
+
+def test_emulator_start_listens_on_5432_when_free(port_data_dir: Path) -> None:
+    import socket
+
+    import psycopg
+    from databricks.sdk import WorkspaceClient
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 5432))
+        except OSError:
+            pytest.skip("port 5432 is in use on this machine")
+    proc, env, stderr = _emulator_without_pg_port(port_data_dir)
+    try:
+        assert env["PGPORT"] == "5432" and "is taken" not in stderr.read_text()
+        w = WorkspaceClient(host=env["DATABRICKS_HOST"], token=env["DATABRICKS_TOKEN"], auth_type="pat",
+                            config_file="/nonexistent/databrickscfg")
+        token = w.postgres.generate_database_credential(endpoint=env["ENDPOINT_NAME"]).token
+        # As a client that assumes Lakebase's port (it reads only the host from the endpoint).
+        with psycopg.connect(host=env["PGHOST"], port=5432, dbname=env["PGDATABASE"], user=env["PGUSER"],
+                             sslmode="require", password=token) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        _stop(proc)

@@ -22,7 +22,7 @@ def start_cli(data_dir: Path) -> subprocess.Popen[str]:
         (data_dir / name).unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakebase", "emulator", "start", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "lakebase", "emulator", "start", "--data-dir", str(data_dir), "--pg-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     deadline = time.monotonic() + 60

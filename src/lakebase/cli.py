@@ -17,6 +17,7 @@ Everything but ``emulator`` and ``demo`` reads the same environment as the libra
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -134,17 +135,50 @@ def _wait_for_signal(stop: threading.Event, poll: Callable[[], bool] | None = No
             return
 
 
-def start_emulator(data_dir: str, api_port: int, pg_port: int, token_ttl: float | None,
+LAKEBASE_PG_PORT = 5432  # real Lakebase's; its endpoint hosts carry no port, so some clients assume it
+PG_PORT_HELP = (f"Port of the Postgres TLS proxy (default: {LAKEBASE_PG_PORT}, as on Lakebase, when free on "
+                "localhost, else a free port, said on stderr; 0: a free port).")
+
+
+def loopback_port_free(port: int) -> bool:
+    """Nothing listens on ``port`` on 127.0.0.1 or ::1 (PGHOST=localhost may resolve to either first)."""
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            sock = socket.socket(family)
+        except OSError:  # no IPv6 on this host
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy's listener does
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # ::1 not configured
+                    continue
+                return False
+    return True
+
+
+def start_emulator(data_dir: str, api_port: int, pg_port: int | None, token_ttl: float | None,
                    quiet: bool = False) -> Any:
+    """``pg_port`` None: Lakebase's 5432 when free on localhost, else a free port (said on stderr)."""
     from .emulator import Emulator
     from .emulator.postgres import PostgresError
 
     t0 = time.monotonic()
     where = Path(data_dir).resolve()
+    wanted = pg_port
+    if pg_port is None:
+        pg_port = LAKEBASE_PG_PORT if loopback_port_free(LAKEBASE_PG_PORT) else 0
     try:
         waiting = progress(f"starting the lakebase emulator in {where}", always=True)
         with waiting if not quiet else contextlib.nullcontext():
-            emu = Emulator(data_dir, api_port=api_port, pg_port=pg_port, token_ttl=token_ttl).start()
+            try:
+                emu = Emulator(data_dir, api_port=api_port, pg_port=pg_port, token_ttl=token_ttl).start()
+            except OSError:
+                if wanted is not None or pg_port == 0:
+                    raise
+                pg_port = 0  # 5432 was taken between the check and the bind
+                emu = Emulator(data_dir, api_port=api_port, pg_port=0, token_ttl=token_ttl).start()
     except OSError as exc:
         raise click.ClickException(
             f"could not start the emulator: {exc}. If a port is taken, pick another with --api-port/--pg-port "
@@ -152,6 +186,11 @@ def start_emulator(data_dir: str, api_port: int, pg_port: int, token_ttl: float 
         ) from exc
     except PostgresError as exc:
         raise click.ClickException(f"Postgres did not start: {exc}") from exc
+    if wanted is None and emu.pg_port != LAKEBASE_PG_PORT:
+        click.echo(f"port {LAKEBASE_PG_PORT} (Lakebase's Postgres port) is taken on localhost, so the emulator's "
+                   f"Postgres listens on port {emu.pg_port} instead (PGPORT in the env files). Clients that "
+                   f"assume {LAKEBASE_PG_PORT} instead of reading PGPORT (databricks-ai-bridge does) will not "
+                   f"reach it: stop what listens on {LAKEBASE_PG_PORT}, or pass --pg-port.", err=True)
     if not quiet:
         click.echo(f"emulator ready in {time.monotonic() - t0:.1f} s", err=True)
     return emu
@@ -173,11 +212,10 @@ def print_emulator_env(emu: Any) -> None:
               help="Where Postgres data, keys, certificates and the env files live; kept across restarts.")
 @click.option("--api-port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Port of the workspace REST API (0: a free port).")
-@click.option("--pg-port", default=0, show_default=True, type=click.IntRange(0, 65535),
-              help="Port of the Postgres TLS proxy (0: a free port).")
+@click.option("--pg-port", default=None, type=click.IntRange(0, 65535), help=PG_PORT_HELP)
 @click.option("--token-ttl", default=None, type=click.FloatRange(1, 86400),
               help="Cap on database credential lifetime in seconds (default 3600).")
-def emulator_start(data_dir: str, api_port: int, pg_port: int, token_ttl: float | None) -> None:
+def emulator_start(data_dir: str, api_port: int, pg_port: int | None, token_ttl: float | None) -> None:
     """Run the emulator in the foreground until Ctrl-C or SIGTERM.
 
     When ready it writes DIR/user.env (the project owner, with a PAT) and DIR/app.env (the app's
@@ -316,9 +354,10 @@ def _tail(path: Path, lines: int = 25) -> str:
               help="Port of the notes app on 127.0.0.1 (a free one if taken; 0: any free port).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 32),
               help="gunicorn worker processes.")
+@click.option("--pg-port", default=None, type=click.IntRange(0, 65535), help=PG_PORT_HELP)
 @click.option("--token-ttl", default=None, type=click.FloatRange(1, 86400),
               help="Cap on database credential lifetime in seconds, to watch rotation (default 3600).")
-def demo(data_dir: str, port: int, workers: int, token_ttl: float | None) -> None:
+def demo(data_dir: str, port: int, workers: int, pg_port: int | None, token_ttl: float | None) -> None:
     """The emulator, the tutorial's schema and the Flask notes app, as on Databricks (Ctrl-C stops all).
 
     Starts the emulator (data in DATA_DIR), runs `lakebase init-schema` as the project owner
@@ -326,7 +365,7 @@ def demo(data_dir: str, port: int, workers: int, token_ttl: float | None) -> Non
     with OAuth M2M (DATA_DIR/app.env, exactly the variables Databricks Apps inject) and prints the URL.
     """
     app_dir = find_app_dir()
-    emu = start_emulator(data_dir, 0, 0, token_ttl)
+    emu = start_emulator(data_dir, 0, pg_port, token_ttl)
     gunicorn: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
     try:
