@@ -5,7 +5,9 @@ The unmodified ``databricks-sdk`` works against it with a PAT or OAuth M2M (clie
 - ``/.well-known/databricks-config`` and ``/oidc/...``: host metadata, OIDC discovery, the token endpoint.
 - ``/api/2.0/preview/scim/v2/Me``: ``w.current_user.me()``.
 - ``/api/2.0/postgres/...``: Lakebase Autoscaling: credentials, projects, branches, endpoints, roles,
-  databases and long-running operations (create/delete read-only endpoints, create roles).
+  databases and long-running operations (create/update/delete read-only endpoints, update the primary,
+  create roles). Reads and credentials are open to every workspace identity; any other change needs the
+  project owner's CAN_MANAGE (``requires`` / ``authorize``), else 403 PERMISSION_DENIED.
 - ``/api/2.0/database/...``: Lakebase Provisioned: credentials and the one emulated instance.
 - ``/emulator/...``: the admin API (stats, config, faults, identities, read-only endpoints), for the
   owner's PAT only.
