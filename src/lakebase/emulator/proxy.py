@@ -100,8 +100,12 @@ class _Pipe(asyncio.Protocol):
         self._on_lost()
 
 
-def _sni_hostname(ssl_object: Any, sni: dict[int, str]) -> str | None:
-    return sni.pop(id(ssl_object), None) if ssl_object is not None else None
+SNI_ATTRIBUTE = "_lakebase_server_name"
+
+
+def _sni_hostname(ssl_object: Any) -> str | None:
+    """The server name this connection's own ClientHello sent (kept on its SSLObject by ``_on_sni``)."""
+    return getattr(ssl_object, SNI_ATTRIBUTE, None)
 
 
 class Proxy:
@@ -113,13 +117,15 @@ class Proxy:
         self._reaper: asyncio.Task[None] | None = None
         self._wake_locks: dict[str, asyncio.Lock] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._sni: dict[int, str] = {}
         ctx = rt.ssl_context
         ctx.sni_callback = self._on_sni
 
-    def _on_sni(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+    @staticmethod
+    def _on_sni(ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        # On the connection's own SSLObject, not in a table: a handshake that fails after its
+        # ClientHello leaves nothing behind for a later connection to pick up.
         if server_name:
-            self._sni[id(ssl_object)] = server_name
+            setattr(ssl_object, SNI_ATTRIBUTE, server_name)
         return None
 
     async def start(self, host: str, port: int) -> int:
@@ -199,7 +205,7 @@ class Proxy:
         writer.write(b"S")
         await writer.drain()
         await writer.start_tls(self.rt.ssl_context, ssl_handshake_timeout=10)
-        sni = _sni_hostname(writer.get_extra_info("ssl_object"), self._sni)
+        sni = _sni_hostname(writer.get_extra_info("ssl_object"))
         packet = await self._read_startup(reader)
         if packet.kind == "cancel":
             await self._cancel(packet)
