@@ -193,3 +193,19 @@ def test_replica_persists_across_restarts_and_dies_with_the_emulator(tmp_path: P
     finally:
         emu.stop()
     assert wait_gone(pids), "a postgres kept running after the emulator was killed"
+
+    emu.start()  # after the kill: resumed again; then its endpoint goes, and on the next start the standby
+    try:
+        with replica_connect(emu) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (2,)
+        pat_client(emu).postgres.delete_endpoint(
+            emu.endpoint_name.replace("/endpoints/primary", f"/endpoints/{REPLICA}")).wait()
+    finally:
+        emu.stop()
+    emu.start()
+    try:
+        assert not (emu.data_dir / "pgdata-replica").exists()
+        with owner_connect(emu) as conn:  # and its slot, which would keep WAL for it forever
+            assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+    finally:
+        emu.stop()

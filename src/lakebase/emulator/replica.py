@@ -29,6 +29,7 @@ from .postgres import SUPERUSER, PostgresError, PostgresServer, _chown, bin_path
 log = logging.getLogger("lakebase.emulator.replica")
 
 SLOT = "lakebase_replica"
+BASEBACKUP_TIMEOUT = 120.0
 DROP_SLOT_SQL = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
 
 
@@ -77,11 +78,8 @@ class Replica:
 
     # ---- on the worker thread ----------------------------------------------------------------
     def _start(self) -> None:
-        pgdata = self.server.pgdata
-        if self.server.initialized() and not self._resumable():
-            log.info("the read replica in %s is not a standby of this primary: making it anew", pgdata)
-            shutil.rmtree(pgdata)
-        if not self.server.initialized():
+        self.server._stop_stale_postmaster()  # before its data directory may be made anew
+        if not self._resumable():
             self._create()
         self.server.start()
 
@@ -93,9 +91,16 @@ class Replica:
             return cur.fetchall() if cur.description else []
 
     def _resumable(self) -> bool:
-        same_cluster = system_identifier(self.server.pgdata) == system_identifier(self.primary.pgdata)
-        return same_cluster and bool(
-            self._primary_query("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)))
+        pgdata = self.server.pgdata
+        if not (pgdata / "standby.signal").exists():  # none, or a backup that did not finish
+            return False
+        if system_identifier(pgdata) != system_identifier(self.primary.pgdata):
+            log.info("the read replica in %s is a copy of another primary: making it anew", pgdata)
+            return False
+        if not self._primary_query("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)):
+            log.info("the primary no longer keeps WAL for the read replica in %s: making it anew", pgdata)
+            return False
+        return True
 
     def _create(self) -> None:
         pgdata = self.server.pgdata
@@ -109,7 +114,13 @@ class Replica:
             "-U", SUPERUSER, "-D", str(pgdata), "--checkpoint=fast", "--wal-method=stream",
             "--create-slot", "--slot", SLOT, "--write-recovery-conf", "--no-sync", "--no-manifest",
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True, **self.server._as_user())
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=BASEBACKUP_TIMEOUT,
+                                    **self.server._as_user())
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(pgdata, ignore_errors=True)
+            raise PostgresError(f"pg_basebackup of the primary into {pgdata} did not finish in "
+                                f"{BASEBACKUP_TIMEOUT:.0f} s") from None
         if result.returncode != 0:
             shutil.rmtree(pgdata, ignore_errors=True)
             raise PostgresError(f"pg_basebackup of the primary into {pgdata} failed:\n{result.stderr.strip()}")
