@@ -263,7 +263,7 @@ class Proxy:
 
         backend_params = {k: v for k, v in params.items() if k != "options"}
         backend_params["database"] = database
-        if endpoint.read_only:  # the standby refuses writes anyway; this is what SHOW reports there
+        if endpoint.read_only:  # what SHOW says there; the standby refuses writes whatever a session sets
             options = (options + " " if options else "") + "-c default_transaction_read_only=on"
         if options:
             backend_params["options"] = options
