@@ -228,6 +228,31 @@ def test_read_only_endpoint(emulator: Emulator) -> None:
         w.postgres.delete_endpoint(ep["name"]).wait()
 
 
+def test_failed_handshakes_leave_no_server_name_behind(emulator: Emulator) -> None:
+    """A handshake that fails after its ClientHello named a read-only endpoint must not route later
+    connections that send no server name (libpq sends none for an IP address) to that endpoint."""
+    from databricks.sdk import WorkspaceClient
+
+    ep = emulator.add_read_only_endpoint("sni-leak-test")
+    try:
+        untrusting = ssl.create_default_context()  # not the emulator's CA: the client aborts the handshake
+        for _ in range(200):
+            with _raw(emulator) as sock:
+                sock.sendall(struct.pack("!II", 8, wire.SSL_REQUEST))
+                assert sock.recv(1) == b"S"
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    untrusting.wrap_socket(sock, server_hostname="sni-leak-test.localhost")
+        token = owner_token(emulator)
+        routed = []
+        for _ in range(100):
+            with owner_connect(emulator, host="127.0.0.1", password=token) as conn:
+                routed.append(conn.execute("SHOW transaction_read_only").fetchone())
+        assert routed == [("off",)] * 100
+    finally:
+        w = WorkspaceClient(host=emulator.api_url, token=emulator.owner.pat, auth_type="pat")
+        w.postgres.delete_endpoint(ep["name"]).wait()
+
+
 # ---- faults --------------------------------------------------------------------------------------
 def test_restart_ends_sessions_with_57p01_and_logins_wait(emulator: Emulator) -> None:
     emulator.configure(restart_seconds=0.5)

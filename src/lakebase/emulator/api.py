@@ -850,6 +850,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
     ep = ws.add_endpoint(endpoint_id, READ_ONLY, branch)
     ep.autoscaling_limit_min_cu, ep.autoscaling_limit_max_cu = low, high
     ws.save()
+    rt.ensure_replica()  # the hot standby its sessions run on
     log.info("created read-only endpoint %s", ep.name)
     operation = request.app[OPERATIONS].start(branch_name(rt, branch), endpoint_json(rt, ep))
     return web.json_response(operation)

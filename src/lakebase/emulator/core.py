@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .faults import ConfigError, CredentialOutage, EmulatorConfig, Stats
 from .postgres import SUPERUSER, PostgresServer
+from .replica import DROP_SLOT_SQL, SLOT, Replica
 from .state import DEFAULT_DATABASE, IDLE, READ_ONLY, Endpoint, Identity, Workspace
 from .tls import ensure_certificates, server_context
 from .tokens import DATABASE_AUDIENCE, Claims, TokenAuthority
@@ -71,6 +72,9 @@ class Runtime:
                 "log_min_messages": "warning",
             },
         )
+        # The hot standby behind read-only endpoints: made when one first needs it (ensure_replica).
+        self.replica: Replica | None = None
+        self.replica_pgdata = data_dir / "pgdata-replica"
         self.proxy: Any = None  # lakebase.emulator.proxy.Proxy, set by Emulator
         self._admin: Any = None
         self._role_cache: dict[str, tuple[float, RoleInfo]] = {}
@@ -111,16 +115,19 @@ class Runtime:
             self._admin = None
 
     async def admin_query(
-        self, sql: str, params: tuple[Any, ...] = (), dbname: str = "postgres"
+        self, sql: str, params: tuple[Any, ...] = (), dbname: str = "postgres",
+        server: PostgresServer | None = None,
     ) -> list[tuple[Any, ...]]:
-        if dbname == "postgres":
+        """As the superuser on the primary (pooled), or on ``server`` (the replica) when given."""
+        server = server or self.pg
+        if dbname == "postgres" and server is self.pg:
             async with self._admin.connection() as conn:
                 cur = await conn.execute(sql, params)
                 return await cur.fetchall() if cur.description else []
         import psycopg
 
         async with await psycopg.AsyncConnection.connect(
-            **self.pg.connect_kwargs(dbname=dbname), autocommit=True  # type: ignore[arg-type]
+            **server.connect_kwargs(dbname=dbname), autocommit=True  # type: ignore[arg-type]
         ) as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall() if cur.description else []
@@ -145,6 +152,29 @@ class Runtime:
         if not rows:
             await self.admin_query(f"CREATE DATABASE {DEFAULT_DATABASE} OWNER {SUPERUSER_GROUP}")
             await self.admin_query(f"GRANT ALL ON DATABASE {DEFAULT_DATABASE} TO {SUPERUSER_GROUP}")
+
+    # ---- the read replica ----------------------------------------------------------------------
+    def ensure_replica(self) -> asyncio.Future[None]:
+        """Start the hot standby in the background (once); ``backend()`` waits for it."""
+        if self.replica is None:
+            self.replica = Replica(self.pg, self.replica_pgdata)
+        return self.replica.start()
+
+    async def backend(self, endpoint: Endpoint) -> PostgresServer:
+        """The server an endpoint's sessions run on: the primary, or the replica for read-only ones."""
+        if not endpoint.read_only:
+            return self.pg
+        self.ensure_replica()
+        assert self.replica is not None
+        return await self.replica.ready()
+
+    async def discard_replica(self) -> None:
+        """At start with no read-only endpoint: drop the standby's slot (it would hold WAL forever)
+        and its data directory."""
+        await self.admin_query(DROP_SLOT_SQL, (SLOT,))
+        if self.replica_pgdata.exists():
+            shutil.rmtree(self.replica_pgdata, ignore_errors=True)
+            log.info("removed the read replica in %s: no read-only endpoint uses it", self.replica_pgdata)
 
     # ---- roles and databases (Postgres is the source of truth) -----------------------------------
     _ROLE_SQL = """
@@ -226,6 +256,7 @@ class Runtime:
         if endpoint_id not in ws.endpoints:
             ws.add_endpoint(endpoint_id, READ_ONLY)
             ws.save()
+        self.ensure_replica()
         return ws.endpoints[endpoint_id]
 
     # ---- credentials ---------------------------------------------------------------------------
@@ -360,6 +391,10 @@ class Emulator:
             rt.pg.start()  # from this (long-lived) thread: the parent-death signal is tied to it
             await rt.open_admin()
             await rt.bootstrap()
+            if any(ep.read_only for ep in rt.workspace.endpoints.values()):
+                rt.ensure_replica()  # resumed in the background; logins to read-only endpoints wait
+            else:
+                await rt.discard_replica()
             rt.proxy = Proxy(rt)
             rt.pg_port = await rt.proxy.start(self.host, self._pg_port)
             self._api_runner, api_port = await start_api(rt, self.host, self._api_port)
@@ -381,6 +416,8 @@ class Emulator:
         if self._api_runner is not None:
             await self._api_runner.cleanup()
         await rt.close_admin()
+        if rt.replica is not None:
+            await rt.replica.close()
         rt.pg.close()
 
     def stop(self) -> None:

@@ -188,7 +188,7 @@ class PostgresServer:
                 )
             try:
                 lines = pidfile.read_text().splitlines()
-                if len(lines) >= 8 and lines[7].strip() == "ready":
+                if len(lines) >= 8 and lines[7].strip() in ("ready", "standby"):  # standby: a hot standby
                     return
             except OSError:
                 pass

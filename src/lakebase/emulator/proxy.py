@@ -4,7 +4,8 @@ Per client connection: TLS is required (``SSLRequest`` then the handshake; a pla
 with the message Lakebase gives); the endpoint is chosen by TLS SNI or ``options=endpoint=<id>``; the
 password must be a valid, unexpired database credential of the identity whose name is the role, and
 the role must be registered for OAuth (``databricks_create_role``). A suspended endpoint is woken, a
-restart is waited out. Then the proxy logs in to the backend over its Unix socket and, from the
+restart is waited out. Then the proxy logs in to the backend over its Unix socket (the primary, or
+for a read-only endpoint its hot standby, ``replica.py``) and, from the
 first ReadyForQuery on, forwards bytes both ways untouched (extended protocol, COPY, LISTEN/NOTIFY,
 pipelining all just work). The client sees the backend's real pid with a proxy-made secret key, so
 cancel requests are checked here and forwarded with the backend's key.
@@ -30,6 +31,7 @@ from .tokens import DATABASE_AUDIENCE, InvalidToken
 
 if TYPE_CHECKING:
     from .core import Runtime
+    from .postgres import PostgresServer
 
 log = logging.getLogger("lakebase.emulator.proxy")
 
@@ -55,6 +57,7 @@ class Session:
     endpoint: Endpoint
     role: str
     database: str
+    server: PostgresServer  # the backend's server: the primary, or the replica
     backend_pid: int = 0
     backend_key: bytes = b""
     client_key: bytes = b""
@@ -100,8 +103,16 @@ class _Pipe(asyncio.Protocol):
         self._on_lost()
 
 
-def _sni_hostname(ssl_object: Any, sni: dict[int, str]) -> str | None:
-    return sni.pop(id(ssl_object), None) if ssl_object is not None else None
+SNI_ATTRIBUTE = "_lakebase_server_name"
+
+
+def _socket_path(server: PostgresServer) -> str:
+    return str(server.socket_dir / f".s.PGSQL.{server.port}")
+
+
+def _sni_hostname(ssl_object: Any) -> str | None:
+    """The server name this connection's own ClientHello sent (kept on its SSLObject by ``_on_sni``)."""
+    return getattr(ssl_object, SNI_ATTRIBUTE, None)
 
 
 class Proxy:
@@ -113,13 +124,15 @@ class Proxy:
         self._reaper: asyncio.Task[None] | None = None
         self._wake_locks: dict[str, asyncio.Lock] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._sni: dict[int, str] = {}
         ctx = rt.ssl_context
         ctx.sni_callback = self._on_sni
 
-    def _on_sni(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+    @staticmethod
+    def _on_sni(ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        # On the connection's own SSLObject, not in a table: a handshake that fails after its
+        # ClientHello leaves nothing behind for a later connection to pick up.
         if server_name:
-            self._sni[id(ssl_object)] = server_name
+            setattr(ssl_object, SNI_ATTRIBUTE, server_name)
         return None
 
     async def start(self, host: str, port: int) -> int:
@@ -199,7 +212,7 @@ class Proxy:
         writer.write(b"S")
         await writer.drain()
         await writer.start_tls(self.rt.ssl_context, ssl_handshake_timeout=10)
-        sni = _sni_hostname(writer.get_extra_info("ssl_object"), self._sni)
+        sni = _sni_hostname(writer.get_extra_info("ssl_object"))
         packet = await self._read_startup(reader)
         if packet.kind == "cancel":
             await self._cancel(packet)
@@ -246,14 +259,25 @@ class Proxy:
         if self.rt.config.latency_ms:
             await asyncio.sleep(self.rt.config.latency_ms / 1000)
         await self._wait_until_serving(endpoint)
+        server = await self._server_for(endpoint)
 
         backend_params = {k: v for k, v in params.items() if k != "options"}
         backend_params["database"] = database
-        if endpoint.read_only:
+        if endpoint.read_only:  # what SHOW says there; the standby refuses writes whatever a session sets
             options = (options + " " if options else "") + "-c default_transaction_read_only=on"
         if options:
             backend_params["options"] = options
-        return await self._connect_backend(reader, writer, packet.version, backend_params, endpoint, role)
+        return await self._connect_backend(reader, writer, packet.version, backend_params, endpoint, role, server)
+
+    async def _server_for(self, endpoint: Endpoint) -> PostgresServer:
+        try:
+            return await self.rt.backend(endpoint)
+        except Exception as exc:
+            log.error("no server for endpoint %s: %s", endpoint.name, exc)
+            raise LoginRefused("57P03", "the read replica of this read-only endpoint could not start",
+                               "backend_unavailable",
+                               hint="The emulator's log and postgres-replica.log in its data directory say why."
+                               ) from None
 
     async def _authenticate(self, role: str, token: str) -> None:
         try:
@@ -291,14 +315,13 @@ class Proxy:
                 self.rt.stats.wakeups += 1
 
     async def _connect_backend(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, version: int,
-                               params: dict[str, str], endpoint: Endpoint, role: str) -> bool:
+                               params: dict[str, str], endpoint: Endpoint, role: str,
+                               server: PostgresServer) -> bool:
         try:
-            b_reader, b_writer = await asyncio.open_unix_connection(
-                str(self.rt.pg.socket_dir / f".s.PGSQL.{self.rt.pg.port}")
-            )
+            b_reader, b_writer = await asyncio.open_unix_connection(_socket_path(server))
         except OSError:
             raise LoginRefused("57P03", "the database system is starting up", "backend_unavailable") from None
-        session = Session(endpoint=endpoint, role=role, database=params["database"],
+        session = Session(endpoint=endpoint, role=role, database=params["database"], server=server,
                           fault_generation=self.rt.fault_generation)
         try:
             b_writer.write(wire.startup_message(version, params))
@@ -379,7 +402,7 @@ class Proxy:
         session = self._by_key.get((packet.cancel_pid, packet.cancel_key))
         if session is None:
             return  # as Postgres: an unknown key is silently ignored
-        _, b_writer = await asyncio.open_unix_connection(str(self.rt.pg.socket_dir / f".s.PGSQL.{self.rt.pg.port}"))
+        _, b_writer = await asyncio.open_unix_connection(_socket_path(session.server))
         b_writer.write(wire.cancel_request(session.backend_pid, session.backend_key))
         with contextlib.suppress(Exception):
             await b_writer.drain()
@@ -391,23 +414,28 @@ class Proxy:
         return await self._terminate(victims, reason)
 
     async def _terminate(self, victims: list[Session], reason: str) -> int:
-        pids = []
+        by_server: dict[PostgresServer, list[Session]] = {}
         for s in victims:
             if s.terminating is None:
                 s.terminating = reason
-                pids.append(s.backend_pid)
-        if not pids:
-            return 0
+                by_server.setdefault(s.server, []).append(s)
+        ended: list[Session] = []
         try:
-            await self.rt.admin_query("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+            for server, group in by_server.items():
+                await self.rt.admin_query("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p",
+                                          ([s.backend_pid for s in group],), server=server)
+                ended += group
         except BaseException:
-            for s in victims:  # let a later attempt (the reaper, the next fault) try again
-                if s.terminating == reason:
-                    s.terminating = None
+            for group in by_server.values():  # let a later attempt (the reaper, the next fault) try again
+                for s in group:
+                    if s.terminating == reason and s not in ended:
+                        s.terminating = None
             raise
-        self.rt.stats.sessions_terminated += len(pids)
-        log.info("ended %d session(s): %s", len(pids), reason)
-        return len(pids)
+        finally:
+            if ended:
+                self.rt.stats.sessions_terminated += len(ended)
+                log.info("ended %d session(s): %s", len(ended), reason)
+        return len(ended)
 
     async def _reap_forever(self) -> None:
         while True:
