@@ -10,7 +10,9 @@
    gets the wheel with its extras; there every module of the package is imported and must come from
    that virtualenv, the ``lakebase`` command runs, and the emulator is started from the installed
    package: the owner runs the tutorial's schema step (the packaged ``databricks_auth`` extension) and
-   the app's service principal connects with OAuth M2M.
+   the app's service principal connects with OAuth M2M;
+4. another fresh virtualenv gets the wheel without extras: ``import lakebase`` works, each module
+   that needs an extra names it, and so does the ``lakebase`` command, without a traceback.
 
 Exits non-zero, saying what is wrong, on the first failure. Prints the wheel's path last.
 """
@@ -75,12 +77,21 @@ def version() -> str:
     return match.group(1)
 
 
+# Generated in a working tree and read back by setuptools (a stale egg-info's SOURCES.txt puts files
+# into the sdist that the configuration no longer names): the build starts from a copy without them.
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "build", "dist", "__pycache__", "*.py[cod]",
+                                    ".lakebase", ".*_cache", "artifacts", "*.whl")
+
+
 def build(out: Path) -> tuple[Path, Path]:
     shutil.rmtree(out, ignore_errors=True)
     # PYTHONDONTWRITEBYTECODE only makes setuptools warn that it skips byte-compiling: not ours.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
-    log = run([sys.executable, "-m", "build", "--installer", "uv", "--outdir", str(out), str(ROOT)],
-              what="python -m build", env=env)
+    with tempfile.TemporaryDirectory(prefix="lakebase-src-") as tmp:
+        source = Path(tmp) / "lakebase"
+        shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+        log = run([sys.executable, "-m", "build", "--installer", "uv", "--outdir", str(out), str(source)],
+                  what="python -m build", env=env)
     warnings = [line for line in log.splitlines() if WARNING.search(line)]
     if warnings:
         raise DistError("the build printed warnings:\n" + "\n".join(warnings))
@@ -156,8 +167,10 @@ def smoke(wheel: Path, work: Path) -> None:
     # The venv module bases a new virtualenv on the base interpreter, even when run from one.
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], what="creating a fresh virtualenv")
     python = venv / "bin" / "python"
-    run([sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(python),
-         f"{wheel}[{EXTRAS}]"], what=f"installing the wheel with [{EXTRAS}] into {venv}")
+    log = run([sys.executable, "-m", "uv", "pip", "install", "--python", str(python), f"{wheel}[{EXTRAS}]"],
+              what=f"installing the wheel with [{EXTRAS}] into {venv}")
+    if warnings := [line for line in log.splitlines() if WARNING.search(line)]:
+        raise DistError("installing the wheel printed warnings:\n" + "\n".join(warnings))
     modules, data = package_files()
     home = work / "home"
     home.mkdir()
@@ -167,6 +180,33 @@ def smoke(wheel: Path, work: Path) -> None:
            "TMPDIR": str(work), "LANG": "C.UTF-8"}
     run([str(python), "-I", "-c", SMOKE, json.dumps([modules, data, version(), str(work)])],
         what="using the installed wheel", env=env, cwd=work, timeout=180)
+
+
+BARE = r"""
+import lakebase, sys
+for module, extra in [("lakebase.psycopg", "psycopg"), ("lakebase.sqlalchemy", "sqlalchemy"),
+                      ("lakebase.asyncpg", "asyncpg"), ("lakebase.cli", "cli"), ("lakebase.emulator", "emulator")]:
+    try:
+        __import__(module)
+    except ModuleNotFoundError as exc:
+        assert f'pip install "lakebase[{extra}]"' in str(exc), exc
+    else:
+        raise AssertionError(f"{module} imported in a virtualenv without its extra {extra!r}")
+"""
+
+
+def bare(wheel: Path, work: Path) -> None:
+    """Without extras: the package imports, each module that needs one names it, so does the command."""
+    venv = work / "bare"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], what="creating a fresh virtualenv")
+    run([sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+         str(wheel)], what=f"installing the wheel without extras into {venv}")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "LANG": "C.UTF-8"}
+    run([str(venv / "bin" / "python"), "-I", "-c", BARE], what="importing without extras", env=env, cwd=work)
+    proc = subprocess.run([str(venv / "bin" / "lakebase"), "--help"], capture_output=True, text=True, env=env,
+                          cwd=work, timeout=60)
+    if proc.returncode != 2 or 'pip install "lakebase[cli]"' not in proc.stderr or "Traceback" in proc.stderr:
+        raise DistError(f"`lakebase --help` without the cli extra: exit {proc.returncode}\n{proc.stderr}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         check_contents(sdist, wheel)
         with tempfile.TemporaryDirectory(prefix="lakebase-dist-") as work:
             smoke(wheel, Path(work))
+            bare(wheel, Path(work))
     except DistError as exc:
         print(f"make dist: {exc}", file=sys.stderr)
         return 1

@@ -49,7 +49,7 @@ except ImportError as exc:
     error = json.loads(proc.stdout)
     assert "ModuleNotFoundError" in error["types"]
     assert f'pip install "lakebase[{extra}]"' in error["message"]
-    assert error["message"].startswith(f"{module} needs") and hidden in error["message"]  # what needs it, what is missing
+    assert error["message"].startswith(f"{module} needs") and hidden in error["message"]  # who needs what
     assert error["name"] == hidden
 
 
