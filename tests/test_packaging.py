@@ -82,6 +82,7 @@ def test_the_version_is_written_once() -> None:
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lakebase.__version__"}
     version = dist_check.version()
     assert f"\n## {version}\n" in (ROOT / "CHANGELOG.md").read_text()
+    assert f'"dist/lakebase-{version}-py3-none-any.whl[psycopg]"' in (ROOT / "README.md").read_text()
     # The apps ship the wheel `make dist` builds: their requirements name that very file.
     for requirements in sorted(ROOT.glob("apps/*/requirements.txt")):
         lines = [line.strip() for line in requirements.read_text().splitlines()]
