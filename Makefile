@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .lakebase/demo
 
-.PHONY: demo test lint typecheck bench clean install
+.PHONY: demo test lint typecheck bench clean install dist
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	@$(BIN)/mypy src/lakebase
+
+# The sdist and the wheel in $(DIST_DIR), checked with twine and used from a fresh virtualenv.
+DIST_DIR ?= dist
+dist: $(STAMP)
+	@$(BIN)/python -m tests.dist_check --out $(DIST_DIR)
 
 bench: $(STAMP)
 	@$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

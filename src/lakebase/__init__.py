@@ -33,7 +33,7 @@ from .transactions import CommitOutcomeUnknown, TransactionFailed, run_transacti
 if TYPE_CHECKING:
     from .psycopg import AsyncConnectionPool, ConnectionPool, PoolTimeout, connect, connect_async
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it, CHANGELOG.md follows
 
 _PSYCOPG_NAMES = ("connect", "connect_async", "ConnectionPool", "AsyncConnectionPool", "PoolTimeout")
 

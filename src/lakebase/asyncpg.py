@@ -40,7 +40,10 @@ import weakref
 from dataclasses import fields
 from typing import Any
 
-import asyncpg
+from ._extras import requires_extra
+
+with requires_extra("asyncpg", __name__):
+    import asyncpg
 
 from ._telemetry import event
 from .connector import Connector, get_connector

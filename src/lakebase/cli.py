@@ -35,11 +35,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-try:
+from ._extras import requires_extra
+
+with requires_extra("cli", __name__):
     import click
-except ImportError:  # pragma: no cover - depends on the install
-    sys.stderr.write("the lakebase command needs its extra: pip install 'lakebase[cli]'\n")
-    raise SystemExit(2) from None
 
 DEFAULT_DATA_DIR = ".lakebase/emulator"
 DEMO_DATA_DIR = ".lakebase/demo"

@@ -22,9 +22,12 @@ import time
 from dataclasses import fields
 from typing import Any
 
-import psycopg
-import psycopg_pool
-from psycopg.conninfo import conninfo_to_dict
+from ._extras import requires_extra
+
+with requires_extra("psycopg", __name__):
+    import psycopg
+    import psycopg_pool
+    from psycopg.conninfo import conninfo_to_dict
 
 from ._redact import redact, safe_conninfo
 from .connector import Connector, get_connector

@@ -35,10 +35,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-import sqlalchemy
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from ._extras import requires_extra
+
+with requires_extra("sqlalchemy", __name__):
+    import psycopg
+    import sqlalchemy
+    from sqlalchemy.engine import URL, Engine, make_url
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
