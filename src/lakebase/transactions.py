@@ -20,9 +20,23 @@ Retries back off with jitter and stop after ``max_attempts`` attempts or once ``
 have passed, raising :class:`TransactionFailed` with the last error chained. Anything else (SQL
 errors, constraint violations, permission and authentication errors, the caller's own exceptions,
 connect failures that already exhausted the connect deadline) is raised unchanged after one
-attempt. A connection lost *during* COMMIT leaves the outcome unknown (the server may have
-committed): that raises :class:`CommitOutcomeUnknown` and is never retried. A broken connection
-is discarded (closed, invalidated or terminated), never returned to its pool.
+attempt. A broken connection is discarded (closed, invalidated or terminated), never returned to
+its pool.
+
+A connection lost *during* COMMIT leaves the outcome unknown to the client; Postgres knows it. Right
+before COMMIT, in the same transaction, the unit's transaction id is fetched
+(``pg_current_xact_id_if_assigned()``: NULL when the unit wrote nothing; one extra round trip,
+measured in ``benchmarks/soak.py``). After a lost COMMIT, ``pg_xact_status(xid)`` is asked on
+another connection from the same target (itself retried within the deadline):
+
+* no xid (the unit only read): nothing to commit, the unit runs again;
+* ``committed``: the unit succeeded, its result is returned (it does not run twice);
+* ``aborted``: the unit runs again;
+* ``in progress``: asked again, backing off, until the deadline.
+
+Only when the outcome cannot be learned (still in progress or the status query failing at the
+deadline, or the status query failing with an error that is not a lost connection) is
+:class:`CommitOutcomeUnknown` raised, naming the transaction id to check.
 
 ``fn`` must not commit itself, and should not have effects outside the database that cannot be
 repeated (it may run more than once). What ``fn`` receives depends on the target:
@@ -433,7 +447,8 @@ def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str
     attempt starts after ``deadline`` seconds.
 
     Raises what ``fn`` raised when it is not worth a retry, :class:`TransactionFailed` when retries
-    ran out, :class:`CommitOutcomeUnknown` when the connection was lost during COMMIT.
+    ran out, :class:`CommitOutcomeUnknown` when the connection was lost during COMMIT and the
+    outcome could not be looked up.
     """
     kind = _sync_kind(target)
     isolation = _isolation(isolation_level)
