@@ -525,6 +525,8 @@ def _sa_error(orig: BaseException, invalidated: bool = False) -> sqlalchemy.exc.
     (asyncpg.AdminShutdownError("terminating connection"), (None, True)),
     (asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"), (None, True)),
     (asyncpg.InterfaceError("cannot call Connection.execute(): connection is closed"), (None, True)),
+    (asyncpg.InterfaceError("cannot call Connection.execute(): connection has been released back to the pool"),
+     (None, True)),
     (ConnectionResetError(104, "Connection reset by peer"), (None, True)),
     (_sa_error(psycopg.errors.SerializationFailure("x")), ("serialization failure", False)),
     (_sa_error(psycopg.OperationalError("whatever"), invalidated=True), (None, True)),

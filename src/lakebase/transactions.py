@@ -81,7 +81,9 @@ _SESSION_ENDED = {"57P01": "the session was terminated (restart or scale to zero
 _LOST_TEXT = ("server closed the connection", "connection is closed", "connection is lost",
               "connection was closed", "connection has been closed", "terminating connection",
               "consuming input failed", "could not receive data", "could not send data", "ssl syscall error",
-              "ssl connection has been closed", "connection reset", "broken pipe", "eof detected")
+              "ssl connection has been closed", "connection reset", "broken pipe", "eof detected",
+              # asyncpg detaches a pool's proxy when its connection dies; run_transaction holds the proxy
+              "released back to the pool")
 _XID_SQL = "SELECT pg_current_xact_id_if_assigned()::text"  # NULL when the transaction wrote nothing
 _STATUS_SQL = "SELECT pg_xact_status(CAST(%s AS text)::xid8)"  # committed, aborted or in progress
 _ISOLATION = {"serializable": "SERIALIZABLE", "repeatable read": "REPEATABLE READ",
