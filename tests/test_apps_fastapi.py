@@ -138,6 +138,9 @@ async def test_api_round_trip_and_cross_site_refusal(client: httpx.AsyncClient, 
     note = resp.json()
     assert (await client.get("/api/notes?limit=1")).json()["notes"][0]["id"] == note["id"]
     assert (await client.get("/api/notes?limit=0")).status_code == 400
+    for bad in ("²", "١٢"):  # non-ASCII digits pass str.isdigit()
+        resp = await client.get(f"/api/notes?limit={bad}")
+        assert resp.status_code == 400 and "limit must be an integer" in resp.json()["error"]
     assert (await client.delete("/api/notes/abc")).status_code == 400
     before = await count(emulator)
     resp = await client.delete(f"/api/notes/{note['id']}", headers={"Sec-Fetch-Site": "cross-site"})
@@ -175,6 +178,8 @@ async def _outage_and_recovery(client: httpx.AsyncClient, emulator: Any) -> None
     assert resp.status_code == 503
     body = resp.json()
     assert any("no valid database credential" in r for r in body["reasons"])
+    for secret in (emulator.app_env["DATABRICKS_CLIENT_ID"], emulator.app_env["DATABRICKS_HOST"], "Error:"):
+        assert secret not in resp.text, secret  # public: no principal, host or raw error text
     emulator.credential_outage(0)
     for _ in range(300):
         resp = await client.get("/healthz")

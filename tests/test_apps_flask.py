@@ -198,8 +198,9 @@ def test_api_rejects_bad_input_and_writes_nothing(client: Any, emulator: Any, kw
 
 
 def test_api_limit_is_validated(client: Any) -> None:
-    for bad in ("0", "-1", "abc", "501"):
-        assert client.get(f"/api/notes?limit={bad}").status_code == 400
+    for bad in ("0", "-1", "abc", "501", "²", "١٢"):  # non-ASCII digits pass str.isdigit()
+        resp = client.get(f"/api/notes?limit={bad}")
+        assert resp.status_code == 400 and "limit must be an integer" in resp.get_json()["error"]
 
 
 def test_api_body_size_is_limited(client: Any, emulator: Any) -> None:
@@ -263,6 +264,9 @@ def test_healthz_503_when_the_database_is_unreachable(flask_module: ModuleType, 
             assert resp.status_code == 503
             body = resp.get_json()
             assert any("database unreachable" in r for r in body["reasons"])
+            text = resp.get_data(as_text=True)  # public: no principal, host, port or raw error text
+            for secret in (app_env["DATABRICKS_CLIENT_ID"], os.environ["PGHOST"], os.environ["PGPORT"], "Error:"):
+                assert secret not in text, secret
             page = c.get("/", headers={"Accept": "text/html"})
             assert page.status_code == 503 and "database is unavailable" in page.get_data(as_text=True)
     finally:

@@ -1,13 +1,18 @@
 """lakebase.run_transaction / run_transaction_async against the emulator, on every kind of target:
 a unit of work killed by a restart mid-transaction runs once more and commits once; a real
 serialization failure (two SERIALIZABLE transactions) is retried; SQL errors are not; a connection
-lost during COMMIT is reported as an unknown outcome (produced for real: a deferred trigger ends its
-own session at COMMIT); lost connections are discarded, not handed out again."""
+lost during COMMIT is resolved with pg_xact_status, both ways, produced for real: aborted (a
+deferred trigger ends its own session at COMMIT: the unit runs again) and committed (a deferred
+trigger waits on a lock while the client's socket is shut down, then the COMMIT completes: the unit
+does not run again); lost connections are discarded, not handed out again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,7 +41,7 @@ from lakebase.transactions import (
 )
 
 from .conftest import owner_connect
-from .lakebase_support import isolated_registries
+from .lakebase_support import isolated_registries, wait_for
 
 SYNC_TARGETS = ["pool", "factory", "engine", "sessionmaker"]
 ASYNC_TARGETS = ["pool", "asyncpg-pool", "engine", "asyncpg-engine", "sessionmaker", "factory", "asyncpg-factory"]
@@ -50,7 +55,8 @@ def _isolated() -> Iterator[None]:
 @pytest.fixture
 def table(emulator: Emulator, app_env: dict[str, str]) -> Iterator[str]:
     """A table of the app's own: row id=1 (k=1, v=0); ``k`` is unique, checked at COMMIT; inserting a
-    note 'die' makes COMMIT end its own session (a deferred trigger calls pg_terminate_backend)."""
+    note 'die' makes COMMIT end its own session (a deferred trigger calls pg_terminate_backend); a
+    note 'hold' makes COMMIT wait for the advisory lock ``lock_key(name)``."""
     name = "tx_" + uuid.uuid4().hex[:8]
     emulator.configure(restart_seconds=0.3)
     with lakebase.connect(autocommit=True) as conn:
@@ -60,6 +66,7 @@ def table(emulator: Emulator, app_env: dict[str, str]) -> Iterator[str]:
         conn.execute(f"""CREATE FUNCTION {name}_die() RETURNS trigger LANGUAGE plpgsql AS $$
                          BEGIN
                              IF NEW.note = 'die' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+                             IF NEW.note = 'hold' THEN PERFORM pg_advisory_xact_lock({lock_key(name)}); END IF;
                              RETURN NULL;
                          END $$""")
         conn.execute(f"CREATE CONSTRAINT TRIGGER {name}_die AFTER INSERT ON {name} DEFERRABLE INITIALLY DEFERRED "
@@ -68,6 +75,48 @@ def table(emulator: Emulator, app_env: dict[str, str]) -> Iterator[str]:
     with lakebase.connect(autocommit=True) as conn:
         conn.execute(f"DROP TABLE {name}")
         conn.execute(f"DROP FUNCTION {name}_die()")
+
+
+def lock_key(table: str) -> int:
+    return int(table[3:], 16) % 2**31
+
+
+def socket_fd(conn: Any) -> int:
+    """The file descriptor of the socket under a psycopg, asyncpg or SQLAlchemy (sync) connection."""
+    if isinstance(conn, sqlalchemy.engine.Connection):
+        conn = conn.connection.driver_connection
+    if isinstance(conn, psycopg.Connection | psycopg.AsyncConnection):
+        return int(conn.pgconn.socket)
+    raw = getattr(conn, "_con", conn)  # an asyncpg pool's connection proxy
+    return int(raw._transport.get_extra_info("socket").fileno())
+
+
+@contextlib.contextmanager
+def cut_during_commit(table: str, fds: list[int]) -> Iterator[None]:
+    """Hold ``table``'s lock; once a COMMIT waits for it (a 'hold' row), shut down the client's socket
+    ``fds[-1]`` (the connection dies during COMMIT), then let the COMMIT complete on the server."""
+    with lakebase.connect(autocommit=True) as holder, lakebase.connect(autocommit=True) as watcher:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key(table),))
+        failure: list[BaseException] = []
+
+        def cut() -> None:
+            try:
+                wait_for(lambda: watcher.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = %s "
+                                                 "AND NOT granted", (lock_key(table),)).fetchone(), timeout=30)
+                with socket.socket(fileno=os.dup(fds[-1])) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                holder.execute("SELECT pg_advisory_unlock(%s)", (lock_key(table),))
+
+        thread = threading.Thread(target=cut)
+        thread.start()
+        try:
+            yield
+        finally:
+            thread.join()
+        assert not failure, failure
 
 
 def count(table: str, where: str = "true") -> int:
@@ -348,41 +397,97 @@ def test_a_commit_the_server_refuses_is_not_ambiguous(table: str) -> None:
 
 
 # ---- a connection lost during COMMIT -----------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["pool", "engine"])
-def test_a_connection_lost_during_commit_is_an_unknown_outcome(table: str, kind: str) -> None:
+@pytest.mark.parametrize("kind", SYNC_TARGETS)
+def test_a_commit_that_lost_its_connection_and_aborted_runs_again(table: str, kind: str) -> None:
     calls = 0
 
-    def unit(conn: Any) -> None:
+    def unit(conn: Any) -> int:
         nonlocal calls
-        calls += 1
-        sql(conn, f"INSERT INTO {table} (note) VALUES ('die')")  # the session ends during COMMIT
+        calls += 1  # the first time, the session ends during COMMIT (the server rolls back)
+        sql(conn, f"INSERT INTO {table} (note) VALUES ('{'die' if calls == 1 else 'ok'}')")
+        return calls
 
     with sync_target(kind) as target:
-        with pytest.raises(CommitOutcomeUnknown) as info:
-            run_transaction(target, unit)
+        assert run_transaction(target, unit) == 2
         for _ in range(4):  # the lost connection is not handed out again
             run_transaction(target, lambda c: sql(c, "SELECT 1"))
-    assert calls == 1 and info.value.attempts == 1
-    assert "may or may not have been committed" in str(info.value) and "not retried" in str(info.value)
-    assert isinstance(info.value.__cause__, (psycopg.Error, sqlalchemy.exc.DBAPIError))
-    assert count(table, "note = 'die'") == 0  # here the server had not committed; the client cannot know
+    assert calls == 2 and count(table, "note = 'die'") == 0 and count(table, "note = 'ok'") == 1
 
 
-@pytest.mark.parametrize("kind", ["asyncpg-pool", "engine", "pool"])
-async def test_an_async_connection_lost_during_commit_is_an_unknown_outcome(table: str, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["asyncpg-pool", "engine", "pool", "sessionmaker", "asyncpg-factory"])
+async def test_an_async_commit_that_lost_its_connection_and_aborted_runs_again(table: str, kind: str) -> None:
     calls = 0
 
-    async def unit(conn: Any) -> None:
+    async def unit(conn: Any) -> int:
         nonlocal calls
         calls += 1
-        await asql(conn, f"INSERT INTO {table} (note) VALUES ('die')")
+        await asql(conn, f"INSERT INTO {table} (note) VALUES ('{'die' if calls == 1 else 'ok'}')")
+        return calls
 
     async with async_target(kind) as target:
-        with pytest.raises(CommitOutcomeUnknown):
-            await run_transaction_async(target, unit)
+        assert await run_transaction_async(target, unit) == 2
         for _ in range(4):
             await run_transaction_async(target, lambda c: asql(c, "SELECT 1"))
-    assert calls == 1
+    assert calls == 2 and await asyncio.to_thread(count, table, "note = 'ok'") == 1
+
+
+@pytest.mark.parametrize("kind", ["pool", "engine", "factory"])
+def test_a_commit_that_lost_its_connection_but_committed_is_not_run_again(table: str, kind: str) -> None:
+    calls, fds = 0, []
+
+    def unit(conn: Any) -> str:
+        nonlocal calls
+        calls += 1
+        fds.append(socket_fd(conn))
+        sql(conn, f"INSERT INTO {table} (note) VALUES ('hold')")  # COMMIT waits; the socket is shut meanwhile
+        return "done"
+
+    with sync_target(kind) as target:
+        with cut_during_commit(table, fds):
+            assert run_transaction(target, unit) == "done"
+        for _ in range(4):
+            run_transaction(target, lambda c: sql(c, "SELECT 1"))
+    assert calls == 1 and count(table, "note = 'hold'") == 1
+
+
+@pytest.mark.parametrize("kind", ["asyncpg-pool", "pool", "asyncpg-factory"])
+async def test_an_async_commit_that_lost_its_connection_but_committed_is_not_run_again(table: str,
+                                                                                       kind: str) -> None:
+    calls, fds = 0, []
+
+    async def unit(conn: Any) -> str:
+        nonlocal calls
+        calls += 1
+        fds.append(socket_fd(conn))
+        await asql(conn, f"INSERT INTO {table} (note) VALUES ('hold')")
+        return "done"
+
+    async with async_target(kind) as target:
+        with cut_during_commit(table, fds):
+            assert await run_transaction_async(target, unit) == "done"
+        for _ in range(4):
+            await run_transaction_async(target, lambda c: asql(c, "SELECT 1"))
+    assert calls == 1 and await asyncio.to_thread(count, table, "note = 'hold'") == 1
+
+
+def test_an_outcome_that_cannot_be_learned_is_unknown_with_the_xid(table: str) -> None:
+    """The status query needs another connection; when the target cannot give one (for good), the
+    outcome is unknown and the message names the transaction id to check."""
+    opened: list[Any] = []
+
+    def factory() -> Any:
+        if opened:
+            raise ConnectionFailed("the test's factory refuses a second connection")
+        opened.append(lakebase.connect())
+        return opened[-1]
+
+    with pytest.raises(CommitOutcomeUnknown) as info:
+        run_transaction(factory, lambda conn: conn.execute(f"INSERT INTO {table} (note) VALUES ('die')"))
+    exc = info.value
+    assert exc.attempts == 1 and exc.xid is not None and exc.xid.isdigit()
+    assert f"transaction {exc.xid}" in str(exc) and f"pg_xact_status('{exc.xid}'::xid8)" in str(exc)
+    assert "not retried" in str(exc) and "second connection" in str(exc)
+    assert isinstance(exc.__cause__, psycopg.Error)
 
 
 # ---- targets and classification -----------------------------------------------------------------------
@@ -420,6 +525,8 @@ def _sa_error(orig: BaseException, invalidated: bool = False) -> sqlalchemy.exc.
     (asyncpg.AdminShutdownError("terminating connection"), (None, True)),
     (asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"), (None, True)),
     (asyncpg.InterfaceError("cannot call Connection.execute(): connection is closed"), (None, True)),
+    (asyncpg.InterfaceError("cannot call Connection.execute(): connection has been released back to the pool"),
+     (None, True)),
     (ConnectionResetError(104, "Connection reset by peer"), (None, True)),
     (_sa_error(psycopg.errors.SerializationFailure("x")), ("serialization failure", False)),
     (_sa_error(psycopg.OperationalError("whatever"), invalidated=True), (None, True)),

@@ -65,24 +65,13 @@ def _note(row: Any) -> dict[str, Any]:
             "created_at": created_at.isoformat() if isinstance(created_at, datetime) else created_at}
 
 
-async def read_only(engine: Any, fn: Any) -> Any:
-    """run_transaction_async for a unit of work that only reads: a connection lost during its COMMIT
-    cannot have changed anything, so that is retried too (run_transaction alone must assume a write)."""
-    for _ in range(2):
-        try:
-            return await run_transaction_async(engine, fn)
-        except CommitOutcomeUnknown:
-            log.info("a read lost its connection during COMMIT; reading again")
-    return await run_transaction_async(engine, fn)
-
-
 async def recent_notes(engine: Any, limit: int) -> list[dict[str, Any]]:
     async def read(conn: Any) -> list[dict[str, Any]]:
         result = await conn.execute(text("SELECT id, content, created_at FROM notes "
                                          "ORDER BY created_at DESC, id DESC LIMIT :limit"), {"limit": limit})
         return [_note(r) for r in result.all()]
 
-    return await read_only(engine, read)
+    return await run_transaction_async(engine, read)
 
 
 async def add_note(engine: Any, content: str) -> dict[str, Any]:
@@ -288,7 +277,7 @@ async def delete_from_form(request: Request, note_id: str) -> Response:
 @app.get("/api/notes")
 async def api_list(request: Request) -> Response:
     raw = request.query_params.get("limit", str(API_LIMIT_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= API_LIMIT_MAX:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= API_LIMIT_MAX:
         return error(request, 400, f"limit must be an integer from 1 to {API_LIMIT_MAX}")
     return JSONResponse({"notes": await recent_notes(request.app.state.engine, int(raw))})
 
@@ -329,7 +318,10 @@ async def api_delete(request: Request, note_id: str) -> Response:
 
 @app.get("/healthz")
 async def healthz(request: Request) -> Response:
-    """Healthy when a valid token is at hand (or can be minted) and the database answers SELECT 1."""
+    """Healthy when a valid token is at hand (or can be minted) and the database answers SELECT 1.
+
+    The body is public: status, reasons an operator can act on, counters. The errors themselves
+    (which name hosts and the service principal) go to the log only."""
     engine = request.app.state.engine
     reasons: list[str] = []
     body: dict[str, Any] = {"pid": os.getpid()}
@@ -344,11 +336,12 @@ async def healthz(request: Request) -> Response:
             "ok": True,
             "age_seconds": round(time.monotonic() - cred.obtained, 1) if cred else None,
             "expires_in_seconds": round(cred.expires_in(), 1) if cred else None,
-            "fingerprint": cred.fingerprint if cred else None,
         }
     except lakebase.LakebaseError as exc:
-        body["token"] = {"ok": False, "error": str(exc)}
-        reasons.append(f"no valid database credential: {exc}")
+        log.warning("healthz: no valid database credential: %s", exc)
+        body["token"] = {"ok": False}
+        reasons.append(f"no valid database credential: the Databricks credential API failed or did not answer "
+                       f"({type(exc).__name__}); see the app's logs")
     try:
         async def ping() -> None:
             async with engine.connect() as conn:
@@ -357,15 +350,16 @@ async def healthz(request: Request) -> Response:
         await asyncio.wait_for(ping(), HEALTH_TIMEOUT)
         body["database"] = {"ok": True}
     except Exception as exc:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else f"no answer within {HEALTH_TIMEOUT:g}s"
-        body["database"] = {"ok": False, "error": detail}
-        reasons.append(f"database unreachable: {detail}")
+        detail = type(exc).__name__ if str(exc) else f"no answer within {HEALTH_TIMEOUT:g}s"
+        log.warning("healthz: database unreachable: %s: %s", type(exc).__name__, exc)
+        body["database"] = {"ok": False}
+        reasons.append(f"database unreachable ({detail}); see the app's logs")
     pool = engine.pool
     body["pool"] = {"size": pool.size(), "checked_out": pool.checkedout(), "overflow": pool.overflow(),
                     "checked_in": pool.checkedin(), "status": pool.status()}
     stats = connector.stats()
-    body["connect"] = stats.get("connect", {})
-    body["credentials"] = stats.get("credentials", {})
+    body["credentials"] = {k: v for k, v in stats.get("credentials", {}).items()  # counters only: no identity
+                           if isinstance(v, int | float) and not isinstance(v, bool)}
     body["seconds"] = round(time.monotonic() - started, 3)
     body["status"] = "unhealthy" if reasons else "ok"
     if reasons:

@@ -97,24 +97,13 @@ def _note(row: tuple[Any, ...]) -> dict[str, Any]:
             "created_at": created_at.isoformat() if isinstance(created_at, datetime) else created_at}
 
 
-def read_only(fn: Any) -> Any:
-    """run_transaction for a unit of work that only reads: a connection lost during its COMMIT cannot
-    have changed anything, so that is retried too (run_transaction alone must assume a write)."""
-    for _ in range(2):
-        try:
-            return run_transaction(get_pool(), fn)
-        except CommitOutcomeUnknown:
-            log.info("a read lost its connection during COMMIT; reading again")
-    return run_transaction(get_pool(), fn)
-
-
 def recent_notes(limit: int) -> list[dict[str, Any]]:
     def read(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         rows = conn.execute("SELECT id, content, created_at FROM notes ORDER BY created_at DESC, id DESC "
                             "LIMIT %s", (limit,)).fetchall()
         return [_note(r) for r in rows]
 
-    return read_only(read)
+    return run_transaction(get_pool(), read)
 
 
 def add_note(content: str) -> dict[str, Any]:
@@ -265,7 +254,7 @@ def create_app() -> Flask:
     @app.get("/api/notes")
     def api_list() -> Any:
         raw = request.args.get("limit", str(API_LIMIT_DEFAULT))
-        if not raw.isdigit() or not 1 <= int(raw) <= API_LIMIT_MAX:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= API_LIMIT_MAX:
             return _error(400, f"limit must be an integer from 1 to {API_LIMIT_MAX}")
         return jsonify({"notes": recent_notes(int(raw))})
 
@@ -332,15 +321,25 @@ def _error(status: int, message: str) -> Any:
     return render_template("error.html", status=status, message=message), status
 
 
+def _numbers(stats: dict[str, Any]) -> dict[str, Any]:
+    """Only the counters of a stats dict: no identities, hosts or error text in a public body."""
+    return {k: v for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def health_report() -> Any:
-    """Healthy when a valid token is at hand (or can be minted) and the database answers SELECT 1."""
+    """Healthy when a valid token is at hand (or can be minted) and the database answers SELECT 1.
+
+    The body is public: status, reasons an operator can act on, counters. The errors themselves
+    (which name hosts and the service principal) go to the log only."""
     reasons: list[str] = []
     body: dict[str, Any] = {"pid": os.getpid()}
     started = time.monotonic()
     try:
         pool = get_pool()
     except lakebase.LakebaseError as exc:  # e.g. a configuration error
-        return jsonify({**body, "status": "unhealthy", "reasons": [str(exc)]}), 503
+        log.error("healthz: no connection pool: %s", exc)
+        return jsonify({**body, "status": "unhealthy",
+                        "reasons": [f"the app is misconfigured ({type(exc).__name__}); see the app's logs"]}), 503
     # Token: the cached one while valid; a failing credential API only matters once it has expired.
     try:
         cache = pool.connector.credentials
@@ -350,24 +349,24 @@ def health_report() -> Any:
             "ok": True,
             "age_seconds": round(time.monotonic() - cred.obtained, 1) if cred else None,
             "expires_in_seconds": round(cred.expires_in(), 1) if cred else None,
-            "fingerprint": cred.fingerprint if cred else None,
         }
     except lakebase.LakebaseError as exc:
-        body["token"] = {"ok": False, "error": str(exc)}
-        reasons.append(f"no valid database credential: {exc}")
+        log.warning("healthz: no valid database credential: %s", exc)
+        body["token"] = {"ok": False}
+        reasons.append(f"no valid database credential: the Databricks credential API failed or did not answer "
+                       f"({type(exc).__name__}); see the app's logs")
     # Database: a round trip on a pooled connection.
     try:
         with pool.connection(timeout=HEALTH_TIMEOUT) as conn:
             conn.execute("SELECT 1")
         body["database"] = {"ok": True}
     except Exception as exc:
-        body["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        reasons.append(f"database unreachable: {type(exc).__name__}: {exc}")
+        log.warning("healthz: database unreachable: %s: %s", type(exc).__name__, exc)
+        body["database"] = {"ok": False}
+        reasons.append(f"database unreachable ({type(exc).__name__}); see the app's logs")
     stats = pool.stats()
-    body["pool"] = stats.get("pool", {})
-    body["connect"] = stats.get("connect", {})
-    body["credentials"] = stats.get("credentials", {})
-    body["last_connect_error"] = stats.get("last_connect_error")
+    body["pool"] = _numbers(stats.get("pool", {}))
+    body["credentials"] = _numbers(stats.get("credentials", {}))
     body["seconds"] = round(time.monotonic() - started, 3)
     body["status"] = "unhealthy" if reasons else "ok"
     if reasons:

@@ -20,9 +20,23 @@ Retries back off with jitter and stop after ``max_attempts`` attempts or once ``
 have passed, raising :class:`TransactionFailed` with the last error chained. Anything else (SQL
 errors, constraint violations, permission and authentication errors, the caller's own exceptions,
 connect failures that already exhausted the connect deadline) is raised unchanged after one
-attempt. A connection lost *during* COMMIT leaves the outcome unknown (the server may have
-committed): that raises :class:`CommitOutcomeUnknown` and is never retried. A broken connection
-is discarded (closed, invalidated or terminated), never returned to its pool.
+attempt. A broken connection is discarded (closed, invalidated or terminated), never returned to
+its pool.
+
+A connection lost *during* COMMIT leaves the outcome unknown to the client; Postgres knows it. Right
+before COMMIT, in the same transaction, the unit's transaction id is fetched
+(``pg_current_xact_id_if_assigned()``: NULL when the unit wrote nothing; one extra round trip,
+measured in ``benchmarks/soak.py``). After a lost COMMIT, ``pg_xact_status(xid)`` is asked on
+another connection from the same target (itself retried within the deadline):
+
+* no xid (the unit only read): nothing to commit, the unit runs again;
+* ``committed``: the unit succeeded, its result is returned (it does not run twice);
+* ``aborted``: the unit runs again;
+* ``in progress``: asked again, backing off, until the deadline.
+
+Only when the outcome cannot be learned (still in progress or the status query failing at the
+deadline, or the status query failing with an error that is not a lost connection) is
+:class:`CommitOutcomeUnknown` raised, naming the transaction id to check.
 
 ``fn`` must not commit itself, and should not have effects outside the database that cannot be
 repeated (it may run more than once). What ``fn`` receives depends on the target:
@@ -67,7 +81,11 @@ _SESSION_ENDED = {"57P01": "the session was terminated (restart or scale to zero
 _LOST_TEXT = ("server closed the connection", "connection is closed", "connection is lost",
               "connection was closed", "connection has been closed", "terminating connection",
               "consuming input failed", "could not receive data", "could not send data", "ssl syscall error",
-              "ssl connection has been closed", "connection reset", "broken pipe", "eof detected")
+              "ssl connection has been closed", "connection reset", "broken pipe", "eof detected",
+              # asyncpg detaches a pool's proxy when its connection dies; run_transaction holds the proxy
+              "released back to the pool")
+_XID_SQL = "SELECT pg_current_xact_id_if_assigned()::text"  # NULL when the transaction wrote nothing
+_STATUS_SQL = "SELECT pg_xact_status(CAST(%s AS text)::xid8)"  # committed, aborted or in progress
 _ISOLATION = {"serializable": "SERIALIZABLE", "repeatable read": "REPEATABLE READ",
               "read committed": "READ COMMITTED"}
 
@@ -87,14 +105,17 @@ class TransactionFailed(LakebaseError):
 
 
 class CommitOutcomeUnknown(LakebaseError):
-    """The connection was lost while COMMIT was in flight: the transaction may or may not have been
-    committed, so it was not retried. Check for its effects (e.g. an idempotency key) before running
-    it again. ``cause`` is the driver's error, ``attempts`` the attempt it happened on."""
+    """The connection was lost while COMMIT was in flight and the outcome could not be looked up
+    (``pg_xact_status``) before the deadline: the transaction may or may not have been committed,
+    so it was not retried. Check for its effects (e.g. an idempotency key) before running it again.
+    ``cause`` is the driver's error, ``attempts`` the attempt it happened on, ``xid`` the
+    transaction's id when it was known."""
 
-    def __init__(self, message: str, *, cause: BaseException, attempts: int) -> None:
+    def __init__(self, message: str, *, cause: BaseException, attempts: int, xid: str | None = None) -> None:
         super().__init__(message)
         self.cause = cause
         self.attempts = attempts
+        self.xid = xid
 
 
 # ---- classifying an error raised inside a transaction --------------------------------------------
@@ -166,12 +187,19 @@ class _Attempt:
         self.committing = False  # fn returned: COMMIT is (about to be) in flight
         self.committed = False  # COMMIT succeeded
         self.lost = False  # the connection is gone
+        self.xid: str | None = None  # pg_current_xact_id_if_assigned() just before COMMIT (None: wrote nothing)
+        self.xid_known = False  # that query answered: the COMMIT's outcome can be looked up
 
     def note_failure(self, exc: Exception, conn: Any) -> bool:
         """Record whether the connection was lost; True if ``conn`` must be discarded."""
-        verdict = retry_reason(exc, _broken(conn))
-        self.lost = verdict is not None and verdict[1]
+        self.lost = _is_lost(exc, conn)
         return conn is not None and self.lost
+
+
+def _is_lost(exc: Exception, conn: Any) -> bool:
+    """Did ``exc`` (raised using ``conn``) lose the connection?"""
+    verdict = retry_reason(exc, _broken(conn))
+    return verdict is not None and verdict[1]
 
 
 class _Loop:
@@ -183,26 +211,60 @@ class _Loop:
         self.max_attempts = max_attempts
         self.deadline = Deadline(deadline)
         self.backoff = Backoff(initial=0.05, factor=2.0, maximum=2.0)
+        self.status_backoff = Backoff(initial=0.05, factor=2.0, maximum=1.0)
         self.attempts = 0
 
     def start(self) -> _Attempt:
         self.attempts += 1
         return _Attempt()
 
+    def commit_lost(self, exc: Exception, attempt: _Attempt) -> bool:
+        """Was the connection lost while COMMIT was in flight (so its outcome must be looked up)?"""
+        verdict = retry_reason(exc, attempt.lost)
+        return attempt.committing and verdict is not None and verdict[1]
+
+    def outcome(self, attempt: _Attempt, lost: Exception, status: str | None = None,
+                error: Exception | None = None) -> bool | float:
+        """After the connection was lost during COMMIT, with the last ``pg_xact_status`` answer
+        (``status``) or the error asking for it: True (committed: return the result), False (not
+        committed: run the unit again), or seconds to wait before asking (again). Raises
+        :class:`CommitOutcomeUnknown` when the outcome cannot be learned within the deadline."""
+        if not attempt.xid_known:
+            return self._unknown(attempt, lost, "its transaction id never arrived")
+        if attempt.xid is None:  # the unit wrote nothing: there was nothing to commit
+            return False
+        if status in ("committed", "aborted"):
+            event(log, logging.WARNING, "transaction.commit_resolved",
+                  f"the connection was lost during COMMIT; transaction {attempt.xid} {status}"
+                  f"{'' if status == 'committed' else ', running the unit again'}",
+                  attempt=self.attempts, xid=attempt.xid, status=status)
+            return status == "committed"
+        if error is not None and retry_reason(error) is None:
+            return self._unknown(attempt, lost, f"asking for its status failed: {_short(error)}")
+        if status is None and error is None:  # not asked yet
+            return 0.0
+        delay = self.status_backoff.next_delay()
+        if delay >= self.deadline.remaining():
+            why = ("it was still in progress" if error is None else
+                   f"asking for its status kept failing: {_short(error)}")
+            return self._unknown(attempt, lost, f"{why} at the {self.deadline.seconds:g}s deadline")
+        return delay
+
+    def _unknown(self, attempt: _Attempt, exc: Exception, why: str) -> bool:
+        xid = f"transaction {attempt.xid}" if attempt.xid else "the transaction"
+        message = (f"The connection was lost during COMMIT and whether {xid} committed cannot be learned "
+                   f"({why}), so it was not retried (attempt {self.attempts}). Last error: {_short(exc)}. "
+                   "Hint: check whether its effects are present before running it again"
+                   + (f" (SELECT pg_xact_status('{attempt.xid}'::xid8))" if attempt.xid else "")
+                   + ", or make the unit of work idempotent")
+        event(log, logging.ERROR, "transaction.commit_unknown", message, attempt=self.attempts,
+              sqlstate=sqlstate(exc), xid=attempt.xid)
+        raise CommitOutcomeUnknown(message, cause=exc, attempts=self.attempts, xid=attempt.xid) from exc
+
     def failed(self, exc: Exception, attempt: _Attempt) -> float:
         """Seconds to wait before the next attempt; or raise what the caller should get."""
         verdict = retry_reason(exc, attempt.lost)
-        if attempt.committing and (verdict is None or verdict[1]):
-            if verdict is None:
-                raise exc  # the server refused the COMMIT (e.g. a deferred constraint): rolled back
-            message = (f"The connection was lost during COMMIT ({verdict[0]}): the transaction may or may not "
-                       f"have been committed, so it was not retried (attempt {self.attempts}). Last error: "
-                       f"{_short(exc)}. Hint: check whether its effects are present before running it "
-                       "again, or make the unit of work idempotent")
-            event(log, logging.ERROR, "transaction.commit_unknown", message, attempt=self.attempts,
-                  sqlstate=sqlstate(exc))
-            raise CommitOutcomeUnknown(message, cause=exc, attempts=self.attempts) from exc
-        if verdict is None:
+        if verdict is None:  # also a COMMIT the server refused (e.g. a deferred constraint): rolled back
             raise exc
         delay = self.backoff.next_delay()
         left = self.deadline.remaining()
@@ -317,20 +379,62 @@ def _sync_connection(target: Any, kind: str) -> Iterator[tuple[Any, Any]]:
                 conn.close()
 
 
-@contextlib.contextmanager
-def _sync_transaction(conn: Any, isolation: str | None) -> Iterator[None]:
+def _sync_fetch(conn: Any, query: str, *params: Any) -> Any:
+    """The first column of the first row of ``query`` (``%s`` placeholders) on a psycopg or SQLAlchemy connection."""
     if _is(conn, "psycopg", "Connection"):
-        with conn.transaction():
-            if isolation:
-                conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
-            yield
-    else:  # SQLAlchemy Connection or Session
-        with conn.begin():
-            if isolation:
-                from sqlalchemy import text
+        cur = conn.execute(query, params)
+        row = cur.fetchone() if cur.description else None
+        return row[0] if row else None
+    from sqlalchemy import text
 
-                conn.execute(text(f"SET TRANSACTION ISOLATION LEVEL {isolation}"))
-            yield
+    result = conn.execute(text(query % tuple(f":p{i}" for i in range(len(params)))),
+                          {f"p{i}": p for i, p in enumerate(params)})
+    return result.scalar() if result.returns_rows else None
+
+
+@contextlib.contextmanager
+def _sync_transaction(conn: Any, isolation: str | None, attempt: _Attempt) -> Iterator[None]:
+    """BEGIN; the unit; its transaction id (``attempt.xid``) then COMMIT."""
+    if _is(conn, "psycopg", "Connection"):
+        tx = conn.transaction()
+        tx.__enter__()
+        commit, rollback = (lambda: tx.__exit__(None, None, None)), (lambda: tx.__exit__(*sys.exc_info()))
+    else:  # SQLAlchemy Connection or Session
+        tx = conn.begin()
+        commit, rollback = tx.commit, tx.rollback
+    try:
+        if isolation:
+            _sync_fetch(conn, f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        yield
+        if _is(conn, "sqlalchemy.orm", "Session"):
+            conn.flush()  # pending ORM writes fail here, not during COMMIT
+        attempt.xid = _sync_fetch(conn, _XID_SQL)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            rollback()
+        raise
+    attempt.xid_known = attempt.committing = True
+    commit()
+
+
+def _sync_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
+    """Did the transaction whose COMMIT lost its connection commit? Asks on another connection."""
+    status: str | None = None
+    error: Exception | None = None
+    while not isinstance(decision := loop.outcome(attempt, lost, status, error), bool):
+        time.sleep(decision)
+        status = error = None
+        try:
+            with _sync_connection(target, kind) as (conn, raw):
+                try:
+                    status = _sync_fetch(conn, _STATUS_SQL, attempt.xid)
+                except Exception as exc:
+                    if raw is not None and _is_lost(exc, raw):
+                        _discard(raw)
+                    raise
+        except Exception as exc:
+            error = exc
+    return decision
 
 
 def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str | None = None,
@@ -345,7 +449,8 @@ def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str
     attempt starts after ``deadline`` seconds.
 
     Raises what ``fn`` raised when it is not worth a retry, :class:`TransactionFailed` when retries
-    ran out, :class:`CommitOutcomeUnknown` when the connection was lost during COMMIT.
+    ran out, :class:`CommitOutcomeUnknown` when the connection was lost during COMMIT and the
+    outcome could not be looked up.
     """
     kind = _sync_kind(target)
     isolation = _isolation(isolation_level)
@@ -355,11 +460,8 @@ def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str
         try:
             with _sync_connection(target, kind) as (conn, raw):
                 try:
-                    with _sync_transaction(conn, isolation):
+                    with _sync_transaction(conn, isolation, attempt):
                         result = fn(conn)
-                        if _is(conn, "sqlalchemy.orm", "Session"):
-                            conn.flush()  # pending ORM writes fail here, not during COMMIT
-                        attempt.committing = True
                 except Exception as exc:
                     if attempt.note_failure(exc, raw):
                         _discard(raw)
@@ -368,6 +470,9 @@ def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str
         except Exception as exc:
             if attempt.committed:  # only giving the connection back failed
                 log.warning("returning a connection after COMMIT failed: %s", _short(exc))
+                return result
+            if loop.commit_lost(exc, attempt) and _sync_outcome(target, kind, loop, attempt, exc):
+                loop.succeeded()
                 return result
             delay = loop.failed(exc, attempt)
         else:
@@ -432,23 +537,69 @@ async def _async_connection(target: Any, kind: str) -> AsyncIterator[tuple[Any, 
                 await conn.close()
 
 
-@contextlib.asynccontextmanager
-async def _async_transaction(conn: Any, isolation: str | None) -> AsyncIterator[None]:
+async def _async_fetch(conn: Any, query: str, *params: Any) -> Any:
+    """:func:`_sync_fetch` for a psycopg, asyncpg or SQLAlchemy async connection."""
     if _is(conn, "asyncpg", "Connection"):  # also a pool's connection proxy
-        async with conn.transaction(isolation=isolation.lower().replace(" ", "_") if isolation else None):
-            yield
-    elif _is(conn, "psycopg", "AsyncConnection"):
-        async with conn.transaction():
-            if isolation:
-                await conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
-            yield
-    else:  # SQLAlchemy AsyncConnection or AsyncSession
-        async with conn.begin():
-            if isolation:
-                from sqlalchemy import text
+        return await conn.fetchval(query % tuple(f"${i + 1}" for i in range(len(params))), *params)
+    if _is(conn, "psycopg", "AsyncConnection"):
+        cur = await conn.execute(query, params)
+        row = await cur.fetchone() if cur.description else None
+        return row[0] if row else None
+    from sqlalchemy import text
 
-                await conn.execute(text(f"SET TRANSACTION ISOLATION LEVEL {isolation}"))
-            yield
+    result = await conn.execute(text(query % tuple(f":p{i}" for i in range(len(params)))),
+                                {f"p{i}": p for i, p in enumerate(params)})
+    return result.scalar() if result.returns_rows else None
+
+
+@contextlib.asynccontextmanager
+async def _async_transaction(conn: Any, isolation: str | None, attempt: _Attempt) -> AsyncIterator[None]:
+    """The asyncio twin of :func:`_sync_transaction`."""
+    if _is(conn, "asyncpg", "Connection"):
+        tx = conn.transaction(isolation=isolation.lower().replace(" ", "_") if isolation else None)
+        await tx.start()
+        commit, rollback, isolation = tx.commit, tx.rollback, None
+    elif _is(conn, "psycopg", "AsyncConnection"):
+        tx = conn.transaction()
+        await tx.__aenter__()
+        commit, rollback = (lambda: tx.__aexit__(None, None, None)), (lambda: tx.__aexit__(*sys.exc_info()))
+    else:  # SQLAlchemy AsyncConnection or AsyncSession
+        tx = conn.begin()
+        await tx.start()
+        commit, rollback = tx.commit, tx.rollback
+    try:
+        if isolation:
+            await _async_fetch(conn, f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        yield
+        if _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession"):
+            await conn.flush()  # pending ORM writes fail here, not during COMMIT
+        attempt.xid = await _async_fetch(conn, _XID_SQL)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await rollback()
+        raise
+    attempt.xid_known = attempt.committing = True
+    await commit()
+
+
+async def _async_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
+    """The asyncio twin of :func:`_sync_outcome`."""
+    status: str | None = None
+    error: Exception | None = None
+    while not isinstance(decision := loop.outcome(attempt, lost, status, error), bool):
+        await asyncio.sleep(decision)
+        status = error = None
+        try:
+            async with _async_connection(target, kind) as (conn, raw):
+                try:
+                    status = await _async_fetch(conn, _STATUS_SQL, attempt.xid)
+                except Exception as exc:
+                    if raw is not None and _is_lost(exc, raw):
+                        await _adiscard(raw)
+                    raise
+        except Exception as exc:
+            error = exc
+    return decision
 
 
 async def run_transaction_async(target: Any, fn: Callable[[Any], Awaitable[T]], *,
@@ -469,11 +620,8 @@ async def run_transaction_async(target: Any, fn: Callable[[Any], Awaitable[T]], 
         try:
             async with _async_connection(target, kind) as (conn, raw):
                 try:
-                    async with _async_transaction(conn, isolation):
+                    async with _async_transaction(conn, isolation, attempt):
                         result = await fn(conn)
-                        if _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession"):
-                            await conn.flush()  # pending ORM writes fail here, not during COMMIT
-                        attempt.committing = True
                 except Exception as exc:
                     if attempt.note_failure(exc, raw):
                         await _adiscard(raw)
@@ -482,6 +630,9 @@ async def run_transaction_async(target: Any, fn: Callable[[Any], Awaitable[T]], 
         except Exception as exc:
             if attempt.committed:  # only giving the connection back failed
                 log.warning("returning a connection after COMMIT failed: %s", _short(exc))
+                return result
+            if loop.commit_lost(exc, attempt) and await _async_outcome(target, kind, loop, attempt, exc):
+                loop.succeeded()
                 return result
             delay = loop.failed(exc, attempt)
         else:
