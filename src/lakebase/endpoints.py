@@ -7,7 +7,7 @@
 * DNS: :func:`hostaddr_for` returns an address to pass as ``hostaddr`` next to ``host`` (which stays
   for TLS SNI) when the system resolver cannot resolve a name: ``*.localhost`` is loopback
   (RFC 6761, as the local emulator's endpoints use), and other names are asked of the DNS servers
-  in ``/etc/resolv.conf`` directly (Python's resolver fails on long names on macOS).
+  in ``/etc/resolv.conf`` directly with dnspython (Python's resolver fails on long names on macOS).
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -159,7 +157,10 @@ def hostaddr_for(host: str, port: int = 5432) -> str | None:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         if not (isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN):
-            addr = query_dns(name)
+            try:
+                addr = query_dns(name)
+            except DnsFallbackUnavailable as missing:
+                log.warning("the system resolver could not resolve %s (%s); %s", host, exc, missing)
             if addr is not None:
                 log.info("the system resolver could not resolve %s (%s); using %s from DNS as hostaddr",
                          host, exc, addr)
@@ -168,71 +169,46 @@ def hostaddr_for(host: str, port: int = 5432) -> str | None:
     return addr
 
 
-def _nameservers(path: str = "/etc/resolv.conf") -> list[str]:
-    servers = []
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    servers.append(parts[1].split("%")[0])
-    except OSError:
-        pass
-    return servers
+class DnsFallbackUnavailable(ImportError):
+    """dnspython, which the DNS fallback uses, is not installed."""
 
-
-def _skip_name(data: bytes, offset: int) -> int:
-    while True:
-        length = data[offset]
-        if length & 0xC0 == 0xC0:
-            return offset + 2
-        if length == 0:
-            return offset + 1
-        offset += 1 + length
-
-
-def _parse_a_records(data: bytes, query_id: int) -> list[str]:
-    qid, flags, qdcount, ancount = struct.unpack(">HHHH", data[:8])
-    if qid != query_id or flags & 0x8000 == 0 or flags & 0x000F != 0:
-        return []
-    offset = 12
-    for _ in range(qdcount):
-        offset = _skip_name(data, offset) + 4
-    found = []
-    for _ in range(ancount):
-        offset = _skip_name(data, offset)
-        rtype, rclass, _ttl, rdlength = struct.unpack(">HHIH", data[offset:offset + 10])
-        offset += 10
-        if rtype == 1 and rclass == 1 and rdlength == 4:
-            found.append(socket.inet_ntoa(data[offset:offset + 4]))
-        offset += rdlength
-    return found
+    def __init__(self) -> None:
+        super().__init__(
+            "lakebase's DNS fallback (for names the system resolver fails on, such as long endpoint hostnames "
+            "on macOS) needs dnspython, which is not installed. Fix: pip install dnspython "
+            "(or pip install 'lakebase[psycopg]', which includes it)")
 
 
 def query_dns(name: str, servers: list[str] | None = None, timeout: float = 2.0, port: int = 53) -> str | None:
-    """Ask DNS servers for ``name``'s A record directly (no system resolver); None if none answers."""
+    """Ask DNS servers for ``name``'s A record directly, bypassing the system resolver; None if none
+    answers. ``servers`` default to those of ``/etc/resolv.conf``.
+
+    dnspython does the asking: a random query id from a secure source, and a reply counts only if it
+    comes from the server asked and answers this question (anything else is ignored, as a spoofed
+    packet should be). Raises :class:`DnsFallbackUnavailable` when dnspython is not installed.
+    """
     try:
-        labels = [label.encode("idna") for label in name.rstrip(".").split(".")]
-    except UnicodeError:  # a label over 63 chars, or not encodable: no such name in DNS
+        import dns.exception
+        import dns.name
+        import dns.resolver
+    except ImportError as exc:
+        raise DnsFallbackUnavailable() from exc
+    try:
+        qname = dns.name.from_text(name.rstrip(".") + ".")
+        if servers is None:
+            resolver = dns.resolver.Resolver()  # /etc/resolv.conf
+        else:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = list(servers)
+        resolver.port = port
+        resolver.timeout = timeout
+        resolver.lifetime = timeout * max(1, len(resolver.nameservers))
+        answer = resolver.resolve(qname, "A", search=False, raise_on_no_answer=False)
+    except (dns.exception.DNSException, OSError, ValueError):
+        # no such name, no answer in time, no servers, a label over 63 characters ...
         return None
-    if not labels or any(not 0 < len(label) < 64 for label in labels):
-        return None
-    query_id = random.randrange(1 << 16)
-    packet = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
-    packet += b"".join(bytes([len(label)]) + label for label in labels) + b"\0" + struct.pack(">HH", 1, 1)
-    for server in servers if servers is not None else _nameservers():
-        family = socket.AF_INET6 if ":" in server else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.settimeout(timeout)
-                sock.sendto(packet, (server, port))
-                data, _ = sock.recvfrom(4096)
-            addresses = _parse_a_records(data, query_id)
-        except (OSError, struct.error, IndexError):
-            continue
-        if addresses:
-            return addresses[0]
-    return None
+    addresses = [rdata.address for rdata in answer.rrset or ()]
+    return str(addresses[0]) if addresses else None
 
 
 def _after_fork_in_child() -> None:
@@ -242,5 +218,5 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["Target", "cached_hostaddr", "hostaddr_for", "query_dns", "resolve_host", "resolve_target",
-           "resolve_user"]
+__all__ = ["DnsFallbackUnavailable", "Target", "cached_hostaddr", "hostaddr_for", "query_dns", "resolve_host",
+           "resolve_target", "resolve_user"]
