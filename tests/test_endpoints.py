@@ -9,11 +9,19 @@ import struct
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from databricks.sdk.service.postgres import Endpoint, EndpointSpec, EndpointType
 
+import lakebase
+from lakebase import ResolutionError, Settings, _sdk, connector, endpoints
+from lakebase.emulator import Emulator
 from lakebase.endpoints import cached_hostaddr, hostaddr_for, query_dns
+
+from .lakebase_support import pat_client
 
 LONG_NAME = ("ep-" + "a" * 60 + "." + "b" * 60 + ".database.us-west-2.cloud.databricks.com").lower()
 
@@ -178,3 +186,78 @@ def test_without_dnspython_the_fallback_says_what_to_install() -> None:
     assert result.stdout.strip() == "None"
     assert "needs dnspython, which is not installed" in result.stderr
     assert "pip install dnspython" in result.stderr
+
+
+# ---- the endpoint of a host (PGHOST without ENDPOINT_NAME), against the emulator ---------------------
+@pytest.fixture
+def replica(emulator: Emulator) -> Iterator[str]:
+    w = pat_client(emulator)
+    parent = emulator.endpoint_name.rsplit("/endpoints/", 1)[0]
+    endpoint_id = "replica-" + uuid.uuid4().hex[:6]
+    w.postgres.create_endpoint(parent=parent, endpoint_id=endpoint_id, endpoint=Endpoint(
+        spec=EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_ONLY))).wait()
+    try:
+        yield endpoint_id
+    finally:
+        w.postgres.delete_endpoint(f"{parent}/endpoints/{endpoint_id}").wait()
+
+
+@pytest.fixture
+def host_only_env(user_env: dict[str, str], clean_env: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The owner on a laptop with the host copied from the UI and no ENDPOINT_NAME."""
+    clean_env.delenv("ENDPOINT_NAME")
+    connector.reset()
+    endpoints._host_index.clear()
+    yield user_env
+    connector.reset()
+    endpoints._host_index.clear()
+
+
+class CountingApis(_sdk.BoundedApis):
+    """The real workspace APIs, counting how often the Postgres API is asked for (one listing asks once
+    per project, branch and endpoint list)."""
+
+    uses = 0
+
+    @property
+    def postgres(self) -> Any:
+        CountingApis.uses += 1
+        return super().postgres
+
+
+def test_pghost_alone_finds_its_endpoint(emulator: Emulator, host_only_env: dict[str, str]) -> None:
+    assert host_only_env["PGHOST"] == "localhost"
+    with lakebase.connect() as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (emulator.owner.name,)
+    found = connector.get_connector()
+    assert found.settings.endpoint == emulator.endpoint_name
+    assert found.settings.source("endpoint") == "found by PGHOST"
+
+
+def test_the_workspace_is_listed_once(emulator: Emulator, host_only_env: dict[str, str]) -> None:
+    apis = CountingApis(pat_client(emulator), 5.0)
+    CountingApis.uses = 0
+    first = endpoints.find_endpoint(Settings(), lambda: apis)
+    assert first.endpoint == emulator.endpoint_name and CountingApis.uses == 1
+    again = endpoints.find_endpoint(Settings(database="other", application_name="x"), lambda: apis)
+    assert again.endpoint == emulator.endpoint_name and CountingApis.uses == 1  # cached
+
+
+def test_a_read_only_endpoint_s_host_finds_the_read_only_endpoint(emulator: Emulator, replica: str,
+                                                                   host_only_env: dict[str, str],
+                                                                   clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("PGHOST", f"{replica}.localhost")
+    with lakebase.connect() as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+    parent = emulator.endpoint_name.rsplit("/endpoints/", 1)[0]
+    assert connector.get_connector().settings.endpoint == f"{parent}/endpoints/{replica}"
+
+
+def test_a_host_no_endpoint_has_is_a_clear_error(emulator: Emulator, host_only_env: dict[str, str],
+                                                 clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("PGHOST", "ep-nothing-here.localhost")
+    with pytest.raises(ResolutionError) as info:
+        lakebase.connect()
+    text = str(info.value)
+    assert "No Lakebase endpoint of the workspace" in text and "'ep-nothing-here.localhost'" in text
+    assert "(PGHOST;" in text and "set ENDPOINT_NAME=projects/" in text and "Connect dialog" in text

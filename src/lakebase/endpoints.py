@@ -114,6 +114,93 @@ def resolve_user(settings: Settings, apis: Apis) -> str:
     return str(me.user_name)
 
 
+# ---- the endpoint of a host (PGHOST without ENDPOINT_NAME) -------------------------------------------
+# (workspace host, identity) -> {host: (product, endpoint or instance name)}: filled by one listing of
+# the workspace; a host found once keeps its endpoint (a miss lists again: the endpoint may be new).
+_host_index: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+_host_index_lock = threading.Lock()
+
+
+def _host_key(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+def _list_hosts(api: _sdk.BoundedApis) -> tuple[dict[str, tuple[str, str]], int]:
+    """Every host of the workspace's endpoints (and Provisioned instances): {host: (product, name)}, and
+    how many endpoints and instances were seen. An endpoint's own host wins over the read-only host
+    its read-write sibling also shows."""
+    postgres = api.postgres
+    endpoints = []
+    for project in api.call(lambda: list(postgres.list_projects())):
+        for branch in api.call(lambda p=project.name: list(postgres.list_branches(parent=p))):
+            endpoints += api.call(lambda b=branch.name: list(postgres.list_endpoints(parent=b)))
+    index: dict[str, tuple[str, str]] = {}
+    for attr in ("host", "read_only_host"):
+        for endpoint in endpoints:
+            host = getattr(getattr(getattr(endpoint, "status", None), "hosts", None), attr, None)
+            if host and endpoint.name:
+                index.setdefault(_host_key(host), ("autoscaling", endpoint.name))
+    seen = len(endpoints)
+    try:
+        instances = api.call(lambda: list(api.database.list_database_instances()))
+    except Exception as exc:  # Provisioned is optional: a workspace without it still has endpoints
+        log.debug("not looking at Lakebase Provisioned instances: %s", _sdk.describe_error(exc))
+        instances = []
+    for instance in instances:
+        for attr in ("read_write_dns", "read_only_dns"):
+            host = getattr(instance, attr, None)
+            if host and instance.name:
+                index.setdefault(_host_key(host), ("provisioned", instance.name))
+    return index, seen + len(instances)
+
+
+def find_endpoint(settings: Settings, apis: Apis) -> Settings:
+    """``settings`` naming the endpoint (or Provisioned instance) whose host is ``settings.host``: for a
+    host copied from the UI without ENDPOINT_NAME. Lists the workspace's projects, branches and
+    endpoints once per workspace identity (blocking: SDK calls); unchanged settings if they name one."""
+    if not settings.find_endpoint:
+        return settings
+    host = settings.host or ""
+    where = _where(settings.source("host"))
+    try:
+        api = apis()
+        key = _sdk.identity_key(api.workspace_client)
+        with _host_index_lock:
+            found = _host_index.get(key, {}).get(_host_key(host))
+        seen = None
+        if found is None:
+            index, seen = _list_hosts(api)
+            with _host_index_lock:
+                _host_index.setdefault(key, {}).update(index)
+            found = index.get(_host_key(host))
+    except Exception as exc:
+        hint = "set ENDPOINT_NAME=projects/<project>/branches/<branch>/endpoints/<endpoint>, or " + (
+            _sdk.error_hint(exc) or "check the workspace")
+        raise ResolutionError(
+            f"Could not find the Lakebase endpoint of {where}={host} (no ENDPOINT_NAME is set): listing the "
+            f"workspace's endpoints failed: {_sdk.describe_error(exc)}. Hint: {hint}",
+            cause=_sdk.root_cause(exc),
+        ) from exc
+    if found is None:
+        raise ResolutionError(
+            f"No Lakebase endpoint of the workspace {key[0]} has the host {host!r} ({where}; looked at "
+            f"{seen} endpoints and instances this identity can see). Hint: set {where} to the host shown "
+            "in the endpoint's Connect dialog, or set ENDPOINT_NAME=projects/<project>/branches/<branch>/"
+            "endpoints/<endpoint> (`databricks postgres list-endpoints projects/<project>/branches/<branch>` "
+            "shows the names)")
+    product, name = found
+    log.info("%s=%s is the host of %s %s", where, host, product, name)
+    found_settings = settings.replace(**{"endpoint" if product == "autoscaling" else "instance_name": name})
+    sources = dict(found_settings.sources)
+    sources["endpoint" if product == "autoscaling" else "instance_name"] = f"found by {where}"
+    object.__setattr__(found_settings, "sources", sources)
+    return found_settings
+
+
+def _where(source: str) -> str:
+    return source.removeprefix("environment variable ").removeprefix("argument ")
+
+
 # ---- DNS -----------------------------------------------------------------------------------------
 _DNS_TTL = 60.0
 _dns_cache: dict[str, tuple[float, str | None]] = {}
@@ -212,11 +299,12 @@ def query_dns(name: str, servers: list[str] | None = None, timeout: float = 2.0,
 
 
 def _after_fork_in_child() -> None:
-    global _dns_lock
+    global _dns_lock, _host_index_lock
     _dns_lock = threading.Lock()
+    _host_index_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["DnsFallbackUnavailable", "Target", "cached_hostaddr", "hostaddr_for", "query_dns", "resolve_host",
-           "resolve_target", "resolve_user"]
+__all__ = ["DnsFallbackUnavailable", "Target", "cached_hostaddr", "find_endpoint", "hostaddr_for", "query_dns",
+           "resolve_host", "resolve_target", "resolve_user"]
