@@ -26,6 +26,20 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+# The Databricks SDK is imported here, when a driver integration (lakebase.psycopg, .asyncpg,
+# .sqlalchemy) is imported at an app's start, rather than on first use: imported by the first async
+# connect, even in a worker thread, it holds the GIL (unmarshalling and building hundreds of classes)
+# and stalls the event loop for 100+ ms (benchmarks/first_connect_lag.py). Not when this module is
+# first imported by code already running on an event loop (``lakebase.connect_async`` resolved
+# lazily): there the import would block the loop for all of its time, so it stays in a worker thread.
+try:
+    asyncio.get_running_loop()
+except RuntimeError:
+    import databricks.sdk
+    import databricks.sdk.service.database
+    import databricks.sdk.service.iam
+    import databricks.sdk.service.postgres  # noqa: F401
+
 from . import _redact, _sdk
 from ._telemetry import Counters
 from .credentials import CredentialCache, EndpointTokenSource, InstanceTokenSource
