@@ -153,6 +153,24 @@ def test_psql_reconnects_after_the_first_token_expired(emulator: Any, psql_binar
     assert not [p for p in leftovers if p.stat().st_mtime > script.stat().st_mtime]  # passfile removed
 
 
+@pytest.mark.parametrize("who", ["user", "app"])
+def test_psql_and_its_children_get_no_workspace_credentials(emulator: Any, app_role: str, psql_binary: str,
+                                                              who: str) -> None:
+    """psql's environment, as a \\! shell command sees it: the libpq settings, none of the workspace's
+    secrets (the owner's PAT, the app's client secret), though lakebase itself used them to mint the token."""
+    env = emulator.user_env if who == "user" else emulator.app_env
+    result = run_cli(env, "psql", "--", "-XAt", "-v", "ON_ERROR_STOP=1", "-c", "select current_user", "-c", "\\! env")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == env["PGUSER"]  # logged in with the token minted from those credentials
+    child = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+    assert child["PGHOST"] == env["PGHOST"] and "PGPASSFILE" in child
+    assert not [k for k in child if k.startswith("DATABRICKS_")], sorted(child)
+    secrets = [env[k] for k in ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET") if k in env]
+    assert len(secrets) == 1
+    assert not [s for s in secrets if s in result.stdout]
+
+
 def test_psql_missing_names_the_fix(user_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                                     tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -118,14 +118,22 @@ def test_configuration_errors_are_lakebase_errors_and_value_errors() -> None:
 
 
 # ---- every configuration error names the variable, what was found and the fix --------------------
-def test_no_endpoint_and_no_instance() -> None:
-    err = error(env={"PGHOST": "h"})
+def test_no_endpoint_no_instance_and_no_host() -> None:
+    err = error(env={"PGPORT": "5432"})
     text = str(err)
     assert "No Lakebase endpoint or instance is configured" in text
-    for name in ("ENDPOINT_NAME", "PGENDPOINT", "LAKEBASE_ENDPOINT", "LAKEBASE_INSTANCE_NAME"):
+    for name in ("ENDPOINT_NAME", "PGENDPOINT", "LAKEBASE_ENDPOINT", "LAKEBASE_INSTANCE_NAME", "PGHOST"):
         assert name in text
     assert "Fix: set ENDPOINT_NAME=projects/<project>/branches/<branch>/endpoints/<endpoint>" in text
     assert err.setting == "endpoint" and err.fix
+
+
+def test_a_host_alone_is_enough_its_endpoint_is_found_later() -> None:
+    """A host copied from the UI: the endpoint that has it is looked up (tests/test_endpoints.py)."""
+    s = Settings(env={"PGHOST": "ep-cool-name-123.database.us-west-2.cloud.databricks.com"})
+    assert s.find_endpoint and s.endpoint is None and s.instance_name is None
+    assert s.product == "autoscaling" and s.target_name == s.host
+    assert not Settings(env=APP_ENV).find_endpoint
 
 
 @pytest.mark.parametrize("value", ["ep-cool-name-123", "projects/p", "projects/p/branches/b/endpoints/",

@@ -676,6 +676,20 @@ class PassfileRefresher:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# What the workspace's unified auth reads (PATs, client secrets, cloud credentials): a libpq tool needs
+# none of it, and psql hands its environment on to every \! shell command and pager.
+WORKSPACE_AUTH_PREFIXES = ("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")
+
+
+def psql_environment(libpq_env: dict[str, str]) -> dict[str, str]:
+    """This process's environment for a libpq tool: without workspace credentials or other libpq
+    password sources, plus ``libpq_env``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(WORKSPACE_AUTH_PREFIXES) and k not in ("PGPASSWORD", "PGSERVICE", "PGSERVICEFILE")}
+    env.update(libpq_env)
+    return env
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
@@ -684,6 +698,8 @@ def psql(psql_args: tuple[str, ...]) -> None:
 
     The token never reaches your shell: psql gets it through a private PGPASSFILE that is kept fresh
     while psql runs (so \\c and reconnects work for longer than a token lives) and deleted afterwards.
+    psql and what it starts (\\! commands, the pager) get no workspace credentials (DATABRICKS_TOKEN,
+    DATABRICKS_CLIENT_SECRET, ...).
     Connection settings come from the environment, as for the library; arguments go to psql
     (e.g. lakebase psql -- -c 'select 1').
     """
@@ -693,8 +709,7 @@ def psql(psql_args: tuple[str, ...]) -> None:
         env = libpq_environment(conn)
         refresher = PassfileRefresher(conn, env)
         refresher.__enter__()
-    child_env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGSERVICE", "PGSERVICEFILE")}
-    child_env.update(env)
+    child_env = psql_environment(env)
     child_env["PGPASSFILE"] = str(refresher.path)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to psql (cancels a query)
     try:

@@ -26,10 +26,24 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+# The Databricks SDK is imported here, when a driver integration (lakebase.psycopg, .asyncpg,
+# .sqlalchemy) is imported at an app's start, rather than on first use: imported by the first async
+# connect, even in a worker thread, it holds the GIL (unmarshalling and building hundreds of classes)
+# and stalls the event loop for 100+ ms (benchmarks/first_connect_lag.py). Not when this module is
+# first imported by code already running on an event loop (``lakebase.connect_async`` resolved
+# lazily): there the import would block the loop for all of its time, so it stays in a worker thread.
+try:
+    asyncio.get_running_loop()
+except RuntimeError:
+    import databricks.sdk
+    import databricks.sdk.service.database
+    import databricks.sdk.service.iam
+    import databricks.sdk.service.postgres  # noqa: F401
+
 from . import _redact, _sdk
 from ._telemetry import Counters
 from .credentials import CredentialCache, EndpointTokenSource, InstanceTokenSource
-from .endpoints import Target, resolve_target
+from .endpoints import Target, find_endpoint, resolve_target
 from .retry import aconnect_with_retry, connect_with_retry
 from .settings import Settings
 
@@ -72,17 +86,27 @@ class Connector:
                 self._apis = _sdk.BoundedApis(self.workspace_client, self.settings.api_timeout)
         return self._apis
 
+    def _find_endpoint(self) -> None:
+        """With only a host configured: ``settings`` become those naming the endpoint that has it."""
+        if self.settings.find_endpoint:
+            with self._lock:
+                if self.settings.find_endpoint:
+                    self.settings = find_endpoint(self.settings, lambda: self.apis)
+
     @property
     def credentials(self) -> CredentialCache:
         if self._credentials is None:
+            self._find_endpoint()
             with self._lock:
                 if self._credentials is None:
                     self._credentials = shared_credentials(self.settings, self.workspace_client)
         return self._credentials
 
     def target(self) -> Target:
-        """The resolved target; looked up once (SDK calls when PGHOST or PGUSER are not set)."""
+        """The resolved target; looked up once (SDK calls when PGHOST or PGUSER are not set, or to find
+        the endpoint of a PGHOST)."""
         if self._target is None:
+            self._find_endpoint()
             with self._lock:
                 if self._target is None:
                     self._target = resolve_target(self.settings, lambda: self.apis)

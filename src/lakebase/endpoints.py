@@ -7,7 +7,7 @@
 * DNS: :func:`hostaddr_for` returns an address to pass as ``hostaddr`` next to ``host`` (which stays
   for TLS SNI) when the system resolver cannot resolve a name: ``*.localhost`` is loopback
   (RFC 6761, as the local emulator's endpoints use), and other names are asked of the DNS servers
-  in ``/etc/resolv.conf`` directly (Python's resolver fails on long names on macOS).
+  in ``/etc/resolv.conf`` directly with dnspython (Python's resolver fails on long names on macOS).
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +114,93 @@ def resolve_user(settings: Settings, apis: Apis) -> str:
     return str(me.user_name)
 
 
+# ---- the endpoint of a host (PGHOST without ENDPOINT_NAME) -------------------------------------------
+# (workspace host, identity) -> {host: (product, endpoint or instance name)}: filled by one listing of
+# the workspace; a host found once keeps its endpoint (a miss lists again: the endpoint may be new).
+_host_index: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+_host_index_lock = threading.Lock()
+
+
+def _host_key(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+def _list_hosts(api: _sdk.BoundedApis) -> tuple[dict[str, tuple[str, str]], int]:
+    """Every host of the workspace's endpoints (and Provisioned instances): {host: (product, name)}, and
+    how many endpoints and instances were seen. An endpoint's own host wins over the read-only host
+    its read-write sibling also shows."""
+    postgres = api.postgres
+    endpoints = []
+    for project in api.call(lambda: list(postgres.list_projects())):
+        for branch in api.call(lambda p=project.name: list(postgres.list_branches(parent=p))):
+            endpoints += api.call(lambda b=branch.name: list(postgres.list_endpoints(parent=b)))
+    index: dict[str, tuple[str, str]] = {}
+    for attr in ("host", "read_only_host"):
+        for endpoint in endpoints:
+            host = getattr(getattr(getattr(endpoint, "status", None), "hosts", None), attr, None)
+            if host and endpoint.name:
+                index.setdefault(_host_key(host), ("autoscaling", endpoint.name))
+    seen = len(endpoints)
+    try:
+        instances = api.call(lambda: list(api.database.list_database_instances()))
+    except Exception as exc:  # Provisioned is optional: a workspace without it still has endpoints
+        log.debug("not looking at Lakebase Provisioned instances: %s", _sdk.describe_error(exc))
+        instances = []
+    for instance in instances:
+        for attr in ("read_write_dns", "read_only_dns"):
+            host = getattr(instance, attr, None)
+            if host and instance.name:
+                index.setdefault(_host_key(host), ("provisioned", instance.name))
+    return index, seen + len(instances)
+
+
+def find_endpoint(settings: Settings, apis: Apis) -> Settings:
+    """``settings`` naming the endpoint (or Provisioned instance) whose host is ``settings.host``: for a
+    host copied from the UI without ENDPOINT_NAME. Lists the workspace's projects, branches and
+    endpoints once per workspace identity (blocking: SDK calls); unchanged settings if they name one."""
+    if not settings.find_endpoint:
+        return settings
+    host = settings.host or ""
+    where = _where(settings.source("host"))
+    try:
+        api = apis()
+        key = _sdk.identity_key(api.workspace_client)
+        with _host_index_lock:
+            found = _host_index.get(key, {}).get(_host_key(host))
+        seen = None
+        if found is None:
+            index, seen = _list_hosts(api)
+            with _host_index_lock:
+                _host_index.setdefault(key, {}).update(index)
+            found = index.get(_host_key(host))
+    except Exception as exc:
+        hint = "set ENDPOINT_NAME=projects/<project>/branches/<branch>/endpoints/<endpoint>, or " + (
+            _sdk.error_hint(exc) or "check the workspace")
+        raise ResolutionError(
+            f"Could not find the Lakebase endpoint of {where}={host} (no ENDPOINT_NAME is set): listing the "
+            f"workspace's endpoints failed: {_sdk.describe_error(exc)}. Hint: {hint}",
+            cause=_sdk.root_cause(exc),
+        ) from exc
+    if found is None:
+        raise ResolutionError(
+            f"No Lakebase endpoint of the workspace {key[0]} has the host {host!r} ({where}; looked at "
+            f"{seen} endpoints and instances this identity can see). Hint: set {where} to the host shown "
+            "in the endpoint's Connect dialog, or set ENDPOINT_NAME=projects/<project>/branches/<branch>/"
+            "endpoints/<endpoint> (`databricks postgres list-endpoints projects/<project>/branches/<branch>` "
+            "shows the names)")
+    product, name = found
+    log.info("%s=%s is the host of %s %s", where, host, product, name)
+    found_settings = settings.replace(**{"endpoint" if product == "autoscaling" else "instance_name": name})
+    sources = dict(found_settings.sources)
+    sources["endpoint" if product == "autoscaling" else "instance_name"] = f"found by {where}"
+    object.__setattr__(found_settings, "sources", sources)
+    return found_settings
+
+
+def _where(source: str) -> str:
+    return source.removeprefix("environment variable ").removeprefix("argument ")
+
+
 # ---- DNS -----------------------------------------------------------------------------------------
 _DNS_TTL = 60.0
 _dns_cache: dict[str, tuple[float, str | None]] = {}
@@ -159,7 +244,10 @@ def hostaddr_for(host: str, port: int = 5432) -> str | None:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         if not (isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN):
-            addr = query_dns(name)
+            try:
+                addr = query_dns(name)
+            except DnsFallbackUnavailable as missing:
+                log.warning("the system resolver could not resolve %s (%s); %s", host, exc, missing)
             if addr is not None:
                 log.info("the system resolver could not resolve %s (%s); using %s from DNS as hostaddr",
                          host, exc, addr)
@@ -168,79 +256,55 @@ def hostaddr_for(host: str, port: int = 5432) -> str | None:
     return addr
 
 
-def _nameservers(path: str = "/etc/resolv.conf") -> list[str]:
-    servers = []
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    servers.append(parts[1].split("%")[0])
-    except OSError:
-        pass
-    return servers
+class DnsFallbackUnavailable(ImportError):
+    """dnspython, which the DNS fallback uses, is not installed."""
 
-
-def _skip_name(data: bytes, offset: int) -> int:
-    while True:
-        length = data[offset]
-        if length & 0xC0 == 0xC0:
-            return offset + 2
-        if length == 0:
-            return offset + 1
-        offset += 1 + length
-
-
-def _parse_a_records(data: bytes, query_id: int) -> list[str]:
-    qid, flags, qdcount, ancount = struct.unpack(">HHHH", data[:8])
-    if qid != query_id or flags & 0x8000 == 0 or flags & 0x000F != 0:
-        return []
-    offset = 12
-    for _ in range(qdcount):
-        offset = _skip_name(data, offset) + 4
-    found = []
-    for _ in range(ancount):
-        offset = _skip_name(data, offset)
-        rtype, rclass, _ttl, rdlength = struct.unpack(">HHIH", data[offset:offset + 10])
-        offset += 10
-        if rtype == 1 and rclass == 1 and rdlength == 4:
-            found.append(socket.inet_ntoa(data[offset:offset + 4]))
-        offset += rdlength
-    return found
+    def __init__(self) -> None:
+        super().__init__(
+            "lakebase's DNS fallback (for names the system resolver fails on, such as long endpoint hostnames "
+            "on macOS) needs dnspython, which is not installed. Fix: pip install dnspython "
+            "(or pip install 'lakebase[psycopg]', which includes it)")
 
 
 def query_dns(name: str, servers: list[str] | None = None, timeout: float = 2.0, port: int = 53) -> str | None:
-    """Ask DNS servers for ``name``'s A record directly (no system resolver); None if none answers."""
+    """Ask DNS servers for ``name``'s A record directly, bypassing the system resolver; None if none
+    answers. ``servers`` default to those of ``/etc/resolv.conf``.
+
+    dnspython does the asking: a random query id from a secure source, and a reply counts only if it
+    comes from the server asked and answers this question (anything else is ignored, as a spoofed
+    packet should be). Raises :class:`DnsFallbackUnavailable` when dnspython is not installed.
+    """
     try:
-        labels = [label.encode("idna") for label in name.rstrip(".").split(".")]
-    except UnicodeError:  # a label over 63 chars, or not encodable: no such name in DNS
+        import dns.exception
+        import dns.name
+        import dns.resolver
+    except ImportError as exc:
+        raise DnsFallbackUnavailable() from exc
+    try:
+        qname = dns.name.from_text(name.rstrip(".") + ".")
+        if servers is None:
+            resolver = dns.resolver.Resolver()  # /etc/resolv.conf
+        else:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = list(servers)
+        resolver.port = port
+        resolver.timeout = timeout
+        resolver.lifetime = timeout * max(1, len(resolver.nameservers))
+        answer = resolver.resolve(qname, "A", search=False, raise_on_no_answer=False)
+    except (dns.exception.DNSException, OSError, ValueError):
+        # no such name, no answer in time, no servers, a label over 63 characters ...
         return None
-    if not labels or any(not 0 < len(label) < 64 for label in labels):
-        return None
-    query_id = random.randrange(1 << 16)
-    packet = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
-    packet += b"".join(bytes([len(label)]) + label for label in labels) + b"\0" + struct.pack(">HH", 1, 1)
-    for server in servers if servers is not None else _nameservers():
-        family = socket.AF_INET6 if ":" in server else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.settimeout(timeout)
-                sock.sendto(packet, (server, port))
-                data, _ = sock.recvfrom(4096)
-            addresses = _parse_a_records(data, query_id)
-        except (OSError, struct.error, IndexError):
-            continue
-        if addresses:
-            return addresses[0]
-    return None
+    addresses = [rdata.address for rdata in answer.rrset or ()]
+    return str(addresses[0]) if addresses else None
 
 
 def _after_fork_in_child() -> None:
-    global _dns_lock
+    global _dns_lock, _host_index_lock
     _dns_lock = threading.Lock()
+    _host_index_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["Target", "cached_hostaddr", "hostaddr_for", "query_dns", "resolve_host", "resolve_target",
-           "resolve_user"]
+__all__ = ["DnsFallbackUnavailable", "Target", "cached_hostaddr", "find_endpoint", "hostaddr_for", "query_dns",
+           "resolve_host", "resolve_target", "resolve_user"]

@@ -3,7 +3,8 @@
 The environment is what Databricks Apps inject (``PGHOST``, ``PGPORT``, ``PGDATABASE``, ``PGUSER``,
 ``PGSSLMODE``, ``PGAPPNAME``, ``DATABRICKS_CLIENT_ID``) plus the endpoint path an ``app.yaml`` adds
 (``ENDPOINT_NAME``, ``PGENDPOINT`` or ``LAKEBASE_ENDPOINT``), or ``LAKEBASE_INSTANCE_NAME`` for a
-Provisioned instance. Everything is validated here, without network calls; a bad value raises a
+Provisioned instance; with only ``PGHOST``, the endpoint that has that host is found later (one listing
+of the workspace). Everything is validated here, without network calls; a bad value raises a
 :class:`~lakebase.errors.ConfigurationError` that names the variable, what was found and the fix.
 What needs the workspace API (the host from the endpoint, the user from ``/Me``) is looked up later
 by :mod:`lakebase.endpoints`.
@@ -44,7 +45,7 @@ class Settings:
     ====================  ======================================================  ====================
     argument              environment                                             default
     ====================  ======================================================  ====================
-    ``endpoint``          ``ENDPOINT_NAME``, ``PGENDPOINT``, ``LAKEBASE_ENDPOINT``   this or an instance
+    ``endpoint``          ``ENDPOINT_NAME``, ``PGENDPOINT``, ``LAKEBASE_ENDPOINT``   the one with ``host``
     ``instance_name``     ``LAKEBASE_INSTANCE_NAME`` (Lakebase Provisioned)
     ``host``              ``PGHOST``                                              from the endpoint
     ``port``              ``PGPORT``                                              5432
@@ -110,16 +111,18 @@ class Settings:
         values["endpoint"] = _endpoint(get("endpoint", endpoint, ENDPOINT_VARIABLES), source("endpoint"))
         values["instance_name"] = _instance(get("instance_name", instance_name, (INSTANCE_VARIABLE,)),
                                             source("instance_name"))
-        if values["endpoint"] is None and values["instance_name"] is None:
+        values["host"] = _host(get("host", host, ("PGHOST",)), source("host"))
+        if values["endpoint"] is None and values["instance_name"] is None and values["host"] is None:
             raise ConfigurationError(
                 "No Lakebase endpoint or instance is configured: none of the environment variables "
-                f"{', '.join(ENDPOINT_VARIABLES)} or {INSTANCE_VARIABLE} is set and no endpoint= or "
-                "instance_name= argument was given",
+                f"{', '.join(ENDPOINT_VARIABLES)}, {INSTANCE_VARIABLE} or PGHOST is set and no endpoint=, "
+                "instance_name= or host= argument was given",
                 setting="endpoint",
                 fix=f"set ENDPOINT_NAME={_ENDPOINT_FORM} for Lakebase Autoscaling (in a Databricks App, "
                 "add it to app.yaml with `valueFrom: postgres`; `databricks postgres list-endpoints` shows "
                 f"the names), or {INSTANCE_VARIABLE}=<instance> for Lakebase Provisioned, or pass "
-                "endpoint= or instance_name= to lakebase",
+                "endpoint= or instance_name= to lakebase (with only PGHOST set, lakebase finds the endpoint "
+                "that has this host)",
             )
         if values["endpoint"] is not None and values["instance_name"] is not None:
             raise ConfigurationError(
@@ -130,7 +133,6 @@ class Settings:
                 fix="keep only one of them",
             )
 
-        values["host"] = _host(get("host", host, ("PGHOST",)), source("host"))
         values["port"] = _port(get("port", port, ("PGPORT",)), source("port"))
         values["database"] = _nonempty(get("database", database, ("PGDATABASE",)), "database",
                                        DEFAULT_DATABASE)
@@ -155,13 +157,22 @@ class Settings:
     # ---- derived -------------------------------------------------------------------------------
     @property
     def product(self) -> Literal["autoscaling", "provisioned"]:
-        return "autoscaling" if self.endpoint is not None else "provisioned"
+        return "provisioned" if self.instance_name is not None else "autoscaling"
+
+    @property
+    def find_endpoint(self) -> bool:
+        """Only a host is configured: the endpoint is the one that has it (found by
+        :func:`lakebase.endpoints.find_endpoint`, which lists the workspace's endpoints)."""
+        return self.endpoint is None and self.instance_name is None
 
     @property
     def target_name(self) -> str:
-        """The endpoint name (Autoscaling) or instance name (Provisioned)."""
+        """The endpoint name (Autoscaling) or instance name (Provisioned); the host while the endpoint of
+        a host-only configuration is not found yet."""
         name = self.endpoint if self.endpoint is not None else self.instance_name
-        assert name is not None
+        if name is None:
+            assert self.host is not None
+            return self.host
         return name
 
     def source(self, name: str) -> str:
