@@ -10,7 +10,9 @@
     pool = lakebase.ConnectionPool(max_size=10, open=True)   # a psycopg_pool pool with fresh tokens
 
 The psycopg names (``connect``, ``connect_async``, ``ConnectionPool``, ``AsyncConnectionPool``,
-``PoolTimeout``) need the ``psycopg`` extra and are imported on first use.
+``PoolTimeout``) need the ``psycopg`` extra. When it is installed they are imported with ``lakebase``
+itself (at an app's start, not on an event loop: an import on first use inside a coroutine would hold the
+loop while psycopg and the Databricks SDK load); without it, using one of them names the extra to install.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from .transactions import CommitOutcomeUnknown, TransactionFailed, run_transacti
 
 if TYPE_CHECKING:
     from .psycopg import AsyncConnectionPool, ConnectionPool, PoolTimeout, connect, connect_async
+else:
+    from ._extras import MissingExtra
+
+    try:
+        from .psycopg import AsyncConnectionPool, ConnectionPool, PoolTimeout, connect, connect_async
+    except MissingExtra:  # no psycopg: the names stay unresolved, and __getattr__ says what to install
+        pass
 
 __version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it, CHANGELOG.md follows
 
