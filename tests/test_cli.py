@@ -284,6 +284,22 @@ def test_doctor_warns_about_pghost_not_matching_the_endpoint(emulator: Any) -> N
     assert code == 0  # 127.0.0.1 reaches the emulator all the same
 
 
+def test_doctor_with_only_pghost_finds_the_endpoint(emulator: Any, app_role: str) -> None:
+    ensure_app_schema(emulator, app_role)
+    env = {k: v for k, v in emulator.user_env.items() if k != "ENDPOINT_NAME"}
+    code, report = doctor(env)
+    assert code == 0, report
+    assert check(report, "endpoint")["summary"].startswith(emulator.user_env["ENDPOINT_NAME"] + " is "), report
+
+
+def test_doctor_with_a_pghost_no_endpoint_has(emulator: Any) -> None:
+    env = {k: v for k, v in emulator.user_env.items() if k != "ENDPOINT_NAME"}
+    code, report = doctor({**env, "PGHOST": "ep-nowhere.localhost"})
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "endpoint", report
+    assert "ep-nowhere.localhost" in bad["summary"] and "ENDPOINT_NAME" in bad["fix"], bad
+
+
 @pytest.mark.parametrize("status", [503, 429])
 def test_doctor_credential_outage(emulator: Any, status: int) -> None:
     emulator.credential_outage(120, status)

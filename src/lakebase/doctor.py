@@ -157,8 +157,14 @@ def _configuration(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
 
 
 def _endpoint(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
+    from .errors import ResolutionError
 
-    s = ctx.settings
+    try:
+        ctx.connector._find_endpoint()  # only PGHOST set: the endpoint that has that host, as the library does
+    except ResolutionError as exc:
+        problem, _, hint = str(exc).partition(" Hint: ")
+        raise _Failed(problem, hint or None) from exc
+    s = ctx.settings = ctx.connector.settings
     apis = ctx.connector.apis
     try:
         if s.product == "autoscaling":
