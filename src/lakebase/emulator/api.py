@@ -693,7 +693,7 @@ async def postgres_credential(request: web.Request) -> web.Response:
     lifetime = requested_lifetime(body)
     check_claims(body)
     token, claims = rt.issue_credential(caller(request), lifetime)
-    return web.json_response({"token": token, "expire_time": rfc3339(claims.expires_at)})
+    return web.json_response({"token": token, "expire_time": rfc3339(rt.reported_expiry(claims))})
 
 
 async def database_credential(request: web.Request) -> web.Response:
@@ -711,7 +711,7 @@ async def database_credential(request: web.Request) -> web.Response:
         if name != INSTANCE_NAME:
             raise not_found(f"database instance '{name}' does not exist (the emulator has '{INSTANCE_NAME}')")
     token, claims = rt.issue_credential(caller(request))
-    return web.json_response({"token": token, "expiration_time": rfc3339(claims.expires_at)})
+    return web.json_response({"token": token, "expiration_time": rfc3339(rt.reported_expiry(claims))})
 
 
 # ---- handlers: Lakebase Provisioned instances ----------------------------------------------------
@@ -989,6 +989,16 @@ async def admin_credential_outage(request: web.Request) -> web.Response:
     return web.json_response({"status": status, "seconds": seconds})
 
 
+async def admin_api_hang(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    seconds = field(await read_json(request), "seconds", (int, float), required=True)
+    try:
+        rt.start_api_hang(float(seconds))
+    except ConfigError as exc:
+        raise bad_request(str(exc)) from None
+    return web.json_response({"seconds": seconds})
+
+
 async def admin_expire_tokens(request: web.Request) -> web.Response:
     runtime(request).expire_tokens()
     return web.json_response({"expired_before": rfc3339(time.time())})
@@ -1052,6 +1062,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     rt.stats.api_requests += 1
     if rt.config.latency_ms > 0:
         await asyncio.sleep(rt.config.latency_ms / 1000)
+    if rt.api_hang.remaining() and (request.path.startswith("/api/") or request.path == "/oidc/v1/token"):
+        await rt.api_hang.hold()
     try:
         if request.path.startswith("/api/"):
             request[IDENTITY] = authenticate(rt, request)[0]
@@ -1112,6 +1124,7 @@ def build_app(rt: Runtime) -> web.Application:
         web.post("/emulator/faults/suspend", admin_suspend),
         web.post("/emulator/faults/credential-outage", admin_credential_outage),
         web.post("/emulator/faults/expire-tokens", admin_expire_tokens),
+        web.post("/emulator/faults/api-hang", admin_api_hang),
         web.post("/emulator/identities", admin_add_identity),
         web.post("/emulator/endpoints", admin_add_endpoint),
     ])
