@@ -46,7 +46,6 @@ from .tokens import WORKSPACE_AUDIENCE, InvalidToken, rfc3339
 log = logging.getLogger("lakebase.emulator.api")
 
 MAX_BODY_BYTES = 1 << 20
-ACCESS_TOKEN_TTL = 3600
 CREDENTIAL_TTL_RANGE = (300.0, 3600.0)
 EXPIRE_TIME_GRACE = 5.0  # seconds of network latency forgiven on expire_time's lower bound
 DEFAULT_PAGE_SIZE = 50
@@ -613,9 +612,10 @@ async def oidc_token(request: web.Request) -> web.Response:
         return oauth_error(400, "unsupported_grant_type",
                            f"grant_type must be client_credentials, got {_shown(grant_type)}")
     scope = form.get("scope")
-    token, _claims = rt.tokens.issue(ident.name, WORKSPACE_AUDIENCE, ACCESS_TOKEN_TTL)
+    ttl = int(rt.config.oauth_token_ttl_seconds)
+    token, _claims = rt.tokens.issue(ident.name, WORKSPACE_AUDIENCE, ttl)
     return web.json_response(
-        {"access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_TTL,
+        {"access_token": token, "token_type": "Bearer", "expires_in": ttl,
          "scope": scope if isinstance(scope, str) and scope else "all-apis"},
         headers={"Cache-Control": "no-store"},
     )

@@ -20,6 +20,8 @@ class EmulatorConfig:
     call and every new Postgres login. ``suspend_after_idle_seconds`` None means never.
     ``expire_time_skew_seconds`` is added to the ``expire_time`` the credential APIs report (the
     token's real expiry is unchanged): -3600 is what a client whose clock is an hour fast sees.
+    ``oauth_token_ttl_seconds`` is the lifetime of the OAuth access tokens the token endpoint issues
+    (the SDK treats one of 40 s or less as expired: it then asks for a new one on every API call).
     """
 
     token_ttl_seconds: float = 3600.0
@@ -30,6 +32,7 @@ class EmulatorConfig:
     latency_ms: float = 0.0
     restart_seconds: float = 1.0
     expire_time_skew_seconds: float = 0.0
+    oauth_token_ttl_seconds: float = 3600.0
 
     _limits = {
         "token_ttl_seconds": (1.0, 86400.0),
@@ -40,6 +43,7 @@ class EmulatorConfig:
         "latency_ms": (0.0, 10000.0),
         "restart_seconds": (0.0, 60.0),
         "expire_time_skew_seconds": (-86400.0, 86400.0),
+        "oauth_token_ttl_seconds": (1.0, 86400.0),
     }
 
     def update(self, values: dict[str, Any]) -> dict[str, Any]:
