@@ -5,7 +5,7 @@ until the server's ``expire_time`` minus a safety margin. Its behaviour, in one 
 
 * **Refresh strategies**, as separate classes. :class:`RefreshAhead` (the default) refreshes in a
   background thread at half the token's life, so no connection waits on HTTP. :class:`Lazy` has no
-  thread: the first connection past the half-life refreshes inline (serverless, short scripts).
+  thread: the first connection past the half-life waits for the refresh (serverless, short scripts).
 * **Single flight**: however many threads and asyncio tasks ask at once on a cold or expiring
   cache, one API call is made; the others wait for it. The mint runs in a worker thread and every
   caller (thread, task, refresh thread) waits on its shared future, so async callers never run the
@@ -551,7 +551,7 @@ class CredentialCache:
             current = self._inflight is mint
             if current:
                 self._inflight = None
-            credential, implausible = self._judge_expiry(credential)
+            credential, implausible, first_warning = self._judge_expiry(credential)
             old = self._credential
             adopt = current or old is None or credential.expires_at > old.expires_at
             recovered = self._failures
@@ -564,7 +564,7 @@ class CredentialCache:
             if current:
                 mint.set_result(credential)
         if implausible is not None:
-            self._warn_expiry(credential, implausible)
+            self._warn_expiry(credential, implausible, first_warning)
         late = "" if current else f" (a late answer, {duration:.1f}s after the request, which had been abandoned)"
         if not adopt:
             self.counters.add("late_unused")
@@ -585,21 +585,21 @@ class CredentialCache:
               recovered_after=recovered, late=not current, expiry_known=credential.expiry_known)
         self.strategy.schedule(self)
 
-    def _judge_expiry(self, credential: Credential) -> tuple[Credential, float | None]:
+    def _judge_expiry(self, credential: Credential) -> tuple[Credential, float | None, bool]:
         """An unknown expiry gets a refresh interval that backs off; lock held. Returns the
-        credential to cache and, for an implausible one, the lifetime the server's time implied."""
+        credential to cache and, for an implausible one, the lifetime the server's time implied and
+        whether this is the cache's first such token (the one warned about)."""
         if credential.expiry_known:
             self._implausible = 0
-            return credential, None
+            return credential, None, False
         self._implausible += 1
         interval = min(UNKNOWN_EXPIRY_REFRESH_MAX, UNKNOWN_EXPIRY_REFRESH * 2 ** (self._implausible - 1))
         implied = credential.expire_time.timestamp() - time.time()
-        return replace(credential, lifetime=2 * interval), implied
+        first, self._clock_warned = not self._clock_warned, True
+        return replace(credential, lifetime=2 * interval), implied, first
 
-    def _warn_expiry(self, credential: Credential, implied: float) -> None:
+    def _warn_expiry(self, credential: Credential, implied: float, first: bool) -> None:
         interval = credential.lifetime / 2
-        first = not self._clock_warned
-        self._clock_warned = True
         event(log, logging.WARNING if first else logging.DEBUG, "credential.implausible_expiry",
               f"the database token for {self.source.describe} ({credential.fingerprint}) expires at "
               f"{credential.expire_time.isoformat()}, {implied:.0f}s from now by this machine's clock: is the "
@@ -728,6 +728,10 @@ class CredentialCache:
             return max(0.0, due - now)
 
     def _background_refresh(self) -> None:
+        mint = self._inflight
+        if mint is not None and mint.overdue():
+            self._abandon(mint)  # nobody was waiting for it; the next attempt comes after the backoff
+            return
         self.counters.add("background_refreshes")
         try:
             self.refresh()
