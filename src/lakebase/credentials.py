@@ -37,6 +37,7 @@ bounded by :class:`lakebase._sdk.BoundedApis`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -288,7 +289,11 @@ _caches: weakref.WeakSet[CredentialCache] = weakref.WeakSet()
 
 
 class _Mint(Future[Credential]):
-    """One mint: the future its waiters share, and when it is abandoned if still running."""
+    """One mint: the future its waiters share, and when it is abandoned if still running.
+
+    ``claimed`` is set, under the cache's lock, by whoever resolves the future: the worker with its
+    outcome, or an abandonment with a ``TimeoutError``; only one of them does.
+    """
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
@@ -296,9 +301,10 @@ class _Mint(Future[Credential]):
         self.timeout = timeout
         self.started = time.monotonic()
         self.deadline = self.started + timeout
+        self.claimed = False
 
     def overdue(self) -> bool:
-        return not self.done() and time.monotonic() >= self.deadline
+        return not self.claimed and time.monotonic() >= self.deadline
 
 
 @dataclass(frozen=True)
@@ -410,7 +416,7 @@ class CredentialCache:
         except Exception:
             if mint.overdue():
                 self._abandon(mint)
-            return mint.result(0)  # the mint's own error, or the abandonment's TimeoutError
+            return mint.result(MINT_GRACE)  # its own error, or the abandonment's TimeoutError
 
     @property
     def credential(self) -> Credential | None:
@@ -492,6 +498,10 @@ class CredentialCache:
         it overran), else the fallback for having waited ``timeout`` in vain."""
         if mint.overdue():
             self._abandon(mint)
+        if mint.claimed and not mint.done():
+            # Being resolved this very moment (its outcome is logged first): a matter of microseconds.
+            with contextlib.suppress(Exception):
+                mint.result(MINT_GRACE)
         if not mint.done():
             return self._after_failure(self._waited_too_long(timeout))
         exc = mint.exception()
@@ -548,8 +558,8 @@ class CredentialCache:
         _redact.register_secret(credential.token)  # before anyone can log it
         duration = time.monotonic() - mint.started
         with self._lock:
-            current = self._inflight is mint
-            if current:
+            current, mint.claimed = not mint.claimed, True
+            if self._inflight is mint:
                 self._inflight = None
             credential, implausible, first_warning = self._judge_expiry(credential)
             old = self._credential
@@ -561,8 +571,16 @@ class CredentialCache:
                 self._last_error = None
                 self._next_attempt = 0.0
                 self._falling_back = False
+        try:
+            self._log_minted(credential, adopt, current, duration, recovered, implausible, first_warning)
+        finally:
             if current:
                 mint.set_result(credential)
+        if adopt:
+            self.strategy.schedule(self)
+
+    def _log_minted(self, credential: Credential, adopt: bool, current: bool, duration: float, recovered: int,
+                    implausible: float | None, first_warning: bool) -> None:
         if implausible is not None:
             self._warn_expiry(credential, implausible, first_warning)
         late = "" if current else f" (a late answer, {duration:.1f}s after the request, which had been abandoned)"
@@ -583,7 +601,6 @@ class CredentialCache:
               source=self.source.describe, fingerprint=credential.fingerprint,
               expires_in=round(credential.expires_in(), 3), duration=round(duration, 3),
               recovered_after=recovered, late=not current, expiry_known=credential.expiry_known)
-        self.strategy.schedule(self)
 
     def _judge_expiry(self, credential: Credential) -> tuple[Credential, float | None, bool]:
         """An unknown expiry gets a refresh interval that backs off; lock held. Returns the
@@ -614,12 +631,16 @@ class CredentialCache:
         """Fail ``mint`` with ``exc`` if it is still the one in flight (False: it was already
         resolved or abandoned): record it, back off, log, and let RefreshAhead retry after the backoff."""
         with self._lock:
-            if self._inflight is not mint or mint.done():
+            if mint.claimed:
                 return False
-            self._inflight = None
+            mint.claimed = True
+            if self._inflight is mint:
+                self._inflight = None
             failure = self._record_failure(exc)
+        try:
+            self._log_failure(failure)
+        finally:
             mint.set_exception(exc)
-        self._log_failure(failure)
         self.strategy.schedule(self)
         return True
 
