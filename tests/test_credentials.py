@@ -4,16 +4,19 @@ strategies, stale fallback through outages, bounded SDK retries, fork safety."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
+import requests
 from databricks.sdk.errors import TemporarilyUnavailable, TooManyRequests
 
 import lakebase
@@ -21,7 +24,16 @@ from lakebase import CredentialCache, CredentialsUnavailable, _sdk
 from lakebase.credentials import Credential, EndpointTokenSource, Lazy, RefreshAhead, parse_rfc3339
 from lakebase.emulator import Emulator
 
-from .lakebase_support import end_outage, fresh_cache, isolated_registries, issued, pat_client, wait_for
+from .lakebase_support import (
+    Records,
+    end_outage,
+    fresh_cache,
+    isolated_registries,
+    issued,
+    m2m_client,
+    pat_client,
+    wait_for,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -387,3 +399,224 @@ def test_repr_and_stats_never_show_the_token(emulator: Emulator) -> None:
     for text in (repr(cache), str(cache), repr(cache.credential), str(cache.stats())):
         assert token not in text and token[:16] not in text
     assert isinstance(cache.strategy, Lazy) and not isinstance(cache.strategy, RefreshAhead)
+
+
+# ---- a workspace API that hangs ------------------------------------------------------------------
+@pytest.fixture
+def api_hang(emulator: Emulator) -> Iterator[Callable[[float], None]]:
+    """``api_hang(N)`` starts the emulator's api-hang fault; it always ends with the test."""
+    yield emulator.api_hang
+    emulator.api_hang(0)
+
+
+def hanging(emu: Emulator) -> int:
+    return int(emu.stats()["api_requests_hanging"])
+
+
+def guarded(fn: Callable[[], object], what: str) -> object:
+    """``fn()`` in a daemon thread: its result (or exception, returned); fails the test if it hangs
+    (the thread is then left to the api_hang fixture, which ends the hang)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    wait_for(lambda: outcome, what=what)
+    return outcome[0]
+
+
+def test_the_api_hang_fault_holds_the_api_and_the_token_endpoint_until_it_ends(
+        emulator: Emulator, api_hang: Callable[[float], None]) -> None:
+    app = emulator.app
+    api_hang(600)
+    with ThreadPoolExecutor(2) as pool:
+        oauth = pool.submit(requests.post, emulator.api_url + "/oidc/v1/token",
+                            data={"grant_type": "client_credentials"}, auth=(app.name, app.client_secret or ""),
+                            timeout=60)
+        api = pool.submit(pat_client(emulator).postgres.generate_database_credential,
+                          endpoint=emulator.endpoint_name)
+        wait_for(lambda: hanging(emulator) == 2)  # both held; the admin API still answers
+        assert not oauth.done() and not api.done()
+        api_hang(0)
+        assert oauth.result(60).status_code == 200 and api.result(60).token
+    assert hanging(emulator) == 0
+
+
+@pytest.mark.parametrize("env", ["app_env", "user_env"])
+def test_a_connect_deadline_holds_while_the_workspace_api_hangs(
+        emulator: Emulator, env: str, request: pytest.FixtureRequest, api_hang: Callable[[float], None]) -> None:
+    """The issue's case: lakebase.connect(connect_deadline=..., api_timeout=...) with a token endpoint
+    that never answers (OAuth M2M, the app), or a credential API that never answers (PAT, the user)."""
+    request.getfixturevalue(env)
+    if env == "app_env":
+        request.getfixturevalue("app_role")
+    api_hang(600)
+    outcome = guarded(lambda: lakebase.connect(connect_deadline=2, api_timeout=1),
+                      what="lakebase.connect to give up at its connect deadline")
+    assert isinstance(outcome, CredentialsUnavailable), outcome
+    assert outcome.transient
+    if env == "app_env":  # the SDK's token request has no timeout of its own: the cache abandoned it
+        assert "did not answer within 1.5s (api_timeout 1s)" in str(outcome)
+        assert "LAKEBASE_API_TIMEOUT" in str(outcome)
+    api_hang(0)
+
+    def connected() -> bool:
+        with lakebase.connect(connect_deadline=30, api_timeout=1) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+
+    assert wait_for(connected)  # the shared cache recovered
+
+
+def test_threads_and_tasks_give_up_on_a_hanging_token_endpoint_with_bounded_workers(
+        emulator: Emulator, api_hang: Callable[[float], None]) -> None:
+    records = Records()
+    logging.getLogger().addHandler(records)
+    old_level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        cache = fresh_cache(emulator, client=m2m_client(emulator), strategy="lazy", api_timeout=1)
+        api_hang(600)
+
+        def in_thread() -> BaseException | str:
+            try:
+                return cache.token()
+            except CredentialsUnavailable as exc:
+                return exc
+
+        async def in_task() -> BaseException | str:
+            try:
+                return await cache.atoken()
+            except CredentialsUnavailable as exc:
+                return exc
+
+        async def both() -> list[BaseException | str]:
+            loop = asyncio.get_running_loop()
+            threads = [loop.run_in_executor(None, in_thread) for _ in range(10)]
+            return list(await asyncio.gather(*threads, *(in_task() for _ in range(10))))
+
+        results = guarded(lambda: asyncio.run(both()), what="the callers to give up")
+        assert isinstance(results, list) and len(results) == 20
+        assert all(isinstance(r, CredentialsUnavailable) and "did not answer" in str(r) for r in results), results
+        # More attempts while it hangs: abandoned requests do not pile up (one more at most).
+        for _ in range(4):
+            error = guarded(cache.refresh, what="refresh to give up")
+            assert isinstance(error, TimeoutError), error
+            assert cache.stats()["mint_workers"] <= 2
+        assert "no new request is sent until one does" in str(error)
+        assert cache.stats()["abandoned"] == 2 and cache.stats()["mint_workers"] == 2
+        api_hang(0)
+        # The held requests are answered: the stuck workers finish, a late token is used, and the
+        # cache serves tokens again.
+        wait_for(lambda: cache.stats()["mint_workers"] == 0)
+        token = wait_for(lambda: guarded(lambda: cache.token(), what="token") if cache.credential else None)
+        assert cache.stats().get("late_mints", 0) >= 1
+        assert owner_query_as(emulator, emulator.app.name, token) == 1
+        assert token not in records.text() and token[:16] not in records.text()
+    finally:
+        logging.getLogger().removeHandler(records)
+        logging.getLogger().setLevel(old_level)
+
+
+def owner_query_as(emu: Emulator, user: str, token: str) -> int:
+    with psycopg.connect(host="localhost", port=emu.pg_port, user=user, dbname="databricks_postgres",
+                         sslmode="require", password=token, connect_timeout=10) as conn:
+        row = conn.execute("SELECT 1").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_the_refresh_thread_is_not_stuck_by_a_hanging_token_endpoint(
+        emulator: Emulator, app_role: str, api_hang: Callable[[float], None]) -> None:
+    # OAuth tokens of 30 s count as expired for the SDK: each refresh asks the token endpoint again.
+    emulator.configure(token_ttl_seconds=4, oauth_token_ttl_seconds=30)
+    cache = fresh_cache(emulator, client=m2m_client(emulator), strategy="ahead", api_timeout=1)
+    first = cache.token()
+    api_hang(600)
+    # The background refresh (due at ~2 s) hangs in the SDK; it is abandoned and retried, so the
+    # thread keeps working (a stuck thread would never record a second failure).
+    wait_for(lambda: cache.stats().get("failures", 0) >= 3)
+    stats = cache.stats()
+    assert stats.get("abandoned", 0) >= 1 and stats["mint_workers"] <= 2
+    api_hang(0)
+    # Nobody calls: the refresh thread recovers by itself.
+    wait_for(lambda: cache.stats()["consecutive_failures"] == 0 and cache.credential is not None
+             and cache.credential.token != first and cache.credential.expires_in() > 1)
+    assert owner_query_as(emulator, app_role, cache.token()) == 1
+
+
+# ---- a clock that is off ---------------------------------------------------------------------------
+def test_an_expire_time_in_the_past_is_refreshed_on_a_floor_with_one_warning(emulator: Emulator) -> None:
+    emulator.configure(expire_time_skew_seconds=-3600)  # what a machine whose clock is an hour fast sees
+    records = Records()
+    logger = logging.getLogger("lakebase.credentials")
+    logger.addHandler(records)
+    try:
+        cache = fresh_cache(emulator, strategy="ahead")
+        token = cache.token()
+        cred = cache.credential
+        assert cred is not None
+        # Not every half second: after a minute (the token works: the server's clock is right).
+        assert cred.refresh_at - cred.obtained == pytest.approx(60.0)
+        assert not cred.expiry_known and cache.stats()["expiry_known"] is False
+        assert cache._background_delay() is not None and cache._background_delay() > 50  # type: ignore[operator]
+        assert owner_query(emulator, token) == 1
+        # Each further implausible answer backs off; the warning is given once.
+        for interval in (120.0, 240.0):
+            cache.invalidate(cache.token())
+            cache.token()
+            cred = cache.credential
+            assert cred is not None and cred.refresh_at - cred.obtained == pytest.approx(interval)
+        warnings = [r for r in records.records if r.levelno == logging.WARNING and "clock" in r.getMessage()]
+        assert len(warnings) == 1 and "is the system clock right?" in warnings[0].getMessage()
+        # Back to a right clock: the server's expiry is used again.
+        emulator.configure(expire_time_skew_seconds=0)
+        cache.invalidate(cache.token())
+        cache.token()
+        cred = cache.credential
+        assert cred is not None and cred.expiry_known and cred.lifetime > 3000
+    finally:
+        logger.removeHandler(records)
+
+
+# ---- fork while the SDK refreshes its OAuth token ----------------------------------------------------
+def test_a_child_forked_while_the_sdk_holds_its_oauth_lock_gets_its_own_client(
+        emulator: Emulator, app_role: str, api_hang: Callable[[float], None]) -> None:
+    cache = fresh_cache(emulator, client=m2m_client(emulator), strategy="lazy", api_timeout=2)
+    api_hang(600)
+    # A parent thread asks for a token: the SDK requests an OAuth token holding its token source's lock.
+    def ask() -> None:
+        with contextlib.suppress(Exception):
+            cache.token()
+
+    threading.Thread(target=ask, daemon=True).start()
+    wait_for(lambda: hanging(emulator) >= 1)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return into pytest
+        code = 1
+        try:
+            while emulator.stats()["api_hang_seconds_left"] > 0:  # the parent ends it at once
+                time.sleep(0.05)
+            # The parent's lock, copied locked, is never released here: the child must not use it.
+            token = cache.token()
+            assert cache.stats().get("abandoned", 0) == 0  # at once, not after abandoning a stuck mint
+            assert owner_query_as(emulator, app_role, token) == 1
+            code = 0
+        finally:
+            os._exit(code)
+    api_hang(0)  # the endpoint answers again (the parent's stuck request too)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung (did it wait for the SDK lock its parent held?)")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert owner_query_as(emulator, app_role, cache.token()) == 1  # the parent recovered too

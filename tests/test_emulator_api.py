@@ -60,7 +60,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lakebase.emulator import EmulatorProcess, api
-from lakebase.emulator.faults import ConfigError, CredentialOutage, EmulatorConfig, Stats
+from lakebase.emulator.faults import ApiHang, ConfigError, CredentialOutage, EmulatorConfig, Stats
 from lakebase.emulator.state import INSTANCE_NAME, Workspace
 from lakebase.emulator.tokens import DATABASE_AUDIENCE, TokenAuthority
 
@@ -946,7 +946,7 @@ ROLES_URL = "/api/2.0/postgres/projects/emulator/branches/production/roles"
 async def failing_api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], SimpleNamespace]]:
     """The real app around a runtime without Postgres: every database call fails."""
     rt = SimpleNamespace(
-        stats=Stats(), config=EmulatorConfig(), outage=CredentialOutage(), proxy=None,
+        stats=Stats(), config=EmulatorConfig(), outage=CredentialOutage(), api_hang=ApiHang(), proxy=None,
         workspace=Workspace.load_or_create(tmp_path / "workspace.json"),
         tokens=TokenAuthority(tmp_path / "signing-key.pem", issuer="test"),
     )

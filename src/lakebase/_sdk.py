@@ -9,9 +9,16 @@ clock whose ``sleep`` never goes past the deadline of the call in progress keeps
 ``Retry-After`` from stretching it. The caller (the credential cache) then owns the retry policy:
 stale-token fallback, jittered exponential backoff, ``Retry-After``.
 
+The SDK's OAuth token request (``oauth-m2m``) has no timeout at all and runs holding its token
+source's lock, so no setting bounds it: the credential cache runs every call in a worker thread and
+abandons it when it overruns; :meth:`BoundedApis.reset_auth` then gives the next call its own SDK
+authentication (a token source whose lock nobody holds).
+
 Also here: building the default :class:`~databricks.sdk.WorkspaceClient` (the SDK's unified auth)
 with clear errors, telling transient API errors from permanent ones, and fork safety (a child
-process never reuses its parent's HTTP sessions).
+process never reuses its parent's HTTP sessions, nor its OAuth token source: a parent thread may
+have held that source's lock, mid-refresh, when the process forked, and the child would wait for it
+forever).
 """
 
 from __future__ import annotations
@@ -65,8 +72,12 @@ class _DeadlineClock:
             time.sleep(seconds)
 
 
-def _bounded_config(cfg: Any, timeout: float, clock: _DeadlineClock) -> Any | None:
-    """A copy of ``cfg`` with short retries, or None if this SDK's Config cannot be copied so."""
+def _bounded_config(cfg: Any, timeout: float, clock: _DeadlineClock, own_auth: bool = False) -> Any | None:
+    """A copy of ``cfg`` with short retries, or None if this SDK's Config cannot be copied so.
+
+    The copy shares ``cfg``'s authentication (its OAuth token cache) unless ``own_auth``: then it
+    builds its own (a new token source, the SDK's OIDC discovery included: a network call).
+    """
     inner = getattr(cfg, "_inner", None)
     if not isinstance(inner, dict) or not hasattr(cfg, "copy") or not hasattr(cfg, "_clock"):
         return None
@@ -75,6 +86,8 @@ def _bounded_config(cfg: Any, timeout: float, clock: _DeadlineClock) -> Any | No
     bounded.retry_timeout_seconds = max(1, math.ceil(timeout))
     bounded.http_timeout_seconds = timeout
     bounded._clock = clock
+    if own_auth and hasattr(bounded, "init_auth"):
+        bounded.init_auth()
     return bounded
 
 
@@ -82,8 +95,8 @@ class BoundedApis:
     """The SDK APIs the library uses, on a bounded-retry copy of ``workspace_client``'s config.
 
     ``call(fn, *args)`` runs ``fn`` (e.g. ``apis.postgres.generate_database_credential``) with the
-    deadline in force. In a forked child the API objects are rebuilt, so the child opens its own
-    HTTP connections.
+    deadline in force. In a forked child the API objects are rebuilt on their own authentication,
+    so the child opens its own HTTP connections and never waits for a lock its parent held.
     """
 
     def __init__(self, workspace_client: Any, timeout: float) -> None:
@@ -91,14 +104,24 @@ class BoundedApis:
         self.timeout = timeout
         self._clock = _DeadlineClock()
         self._pid = 0
+        self._created_pid = os.getpid()
+        self._own_auth = False
         self._api_client: Any = None
         self._bounded = True
+
+    def reset_auth(self) -> None:
+        """A call was abandoned, perhaps inside the SDK's token refresh (holding its lock, on a
+        connection that may never answer): build the next calls' client on its own authentication."""
+        self._own_auth = True
+        self._api_client = None
 
     def _client(self) -> Any:
         if self._api_client is None or self._pid != os.getpid():
             from databricks.sdk.core import ApiClient
 
-            cfg = _bounded_config(self.workspace_client.config, self.timeout, self._clock)
+            if os.getpid() != self._created_pid:
+                self._own_auth = True  # a forked child: the parent's token source may be locked for good
+            cfg = _bounded_config(self.workspace_client.config, self.timeout, self._clock, self._own_auth)
             if cfg is None:
                 if self._bounded:
                     log.warning("this databricks-sdk's Config cannot be copied with short retries; workspace "

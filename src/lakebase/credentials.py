@@ -5,16 +5,28 @@ until the server's ``expire_time`` minus a safety margin. Its behaviour, in one 
 
 * **Refresh strategies**, as separate classes. :class:`RefreshAhead` (the default) refreshes in a
   background thread at half the token's life, so no connection waits on HTTP. :class:`Lazy` has no
-  thread: the first connection past the half-life refreshes inline (serverless, short scripts).
+  thread: the first connection past the half-life waits for the refresh (serverless, short scripts).
 * **Single flight**: however many threads and asyncio tasks ask at once on a cold or expiring
-  cache, one API call is made; the others wait for it. Async callers never run the (blocking) SDK on
-  the event loop: the mint runs in a worker thread and awaiters share its future.
+  cache, one API call is made; the others wait for it. The mint runs in a worker thread and every
+  caller (thread, task, refresh thread) waits on its shared future, so async callers never run the
+  (blocking) SDK on the event loop.
+* **Bounded mints**: whatever the SDK does (its OAuth token request has no timeout at all), nobody
+  waits for a mint longer than ``api_timeout`` (plus :data:`MINT_GRACE`, so that the SDK's own bounded
+  retries can report the API's error first). A mint that overruns is abandoned: it fails as a
+  ``TimeoutError``, the next attempt starts after the usual backoff on a fresh SDK authentication
+  (the abandoned request may still hold the SDK's token lock), and at most :data:`MAX_MINT_WORKERS`
+  worker threads per cache exist however long the API hangs. An abandoned request that answers late
+  is still used if its token is the freshest (registered for redaction first, logged by fingerprint).
+* **Implausible expiries** (already past, or days away, by this machine's clock: a clock that is
+  off) are treated as unknown: the token is refreshed after a minute, backing off to 30 minutes, with
+  one warning, instead of being re-minted as fast as the API answers.
 * **Stale fallback**: when a refresh fails, the cached token keeps being used until it really
   expires, while refreshes are retried with jittered exponential backoff (honouring
   ``Retry-After``). With nothing valid left, :class:`~lakebase.errors.CredentialsUnavailable`
   carries the root cause; the cache recovers by itself once the API answers again.
-* **Fork safety**: a forked child gets a new lock, no in-flight mint, no thread and new HTTP
-  sessions (``os.register_at_fork`` plus pid checks). The token itself, a plain value, is kept.
+* **Fork safety**: a forked child gets a new lock, no in-flight mint, no thread, new HTTP
+  sessions and its own SDK authentication (the parent's OAuth token source may have been holding its
+  lock at the fork) through ``os.register_at_fork`` plus pid checks. The token, a plain value, is kept.
 * **No leaks**: tokens are registered with :mod:`lakebase._redact` before anyone sees them and never
   appear in a repr, str, log record or error message.
 
@@ -25,6 +37,7 @@ bounded by :class:`lakebase._sdk.BoundedApis`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,7 +47,7 @@ import time
 import uuid
 import weakref
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -53,6 +66,22 @@ REFRESH_FRACTION = 0.5
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 RETRY_AFTER_MAX = 300.0
+#: A mint is abandoned this long after ``api_timeout`` if the SDK has not returned by then (its own
+#: bounded retries normally end it first, with the API's error).
+MINT_GRACE = 0.5
+#: Mints without a source timeout (a custom token source) are abandoned after this long.
+DEFAULT_MINT_TIMEOUT = 10.0
+#: Worker threads per cache that may run a mint at once: the current one and one abandoned request
+#: the SDK has not returned from (a new attempt, on a fresh SDK authentication, can succeed where a
+#: dead connection keeps the old one stuck). While this many hang, no new request is sent.
+MAX_MINT_WORKERS = 2
+#: A token whose expiry is outside this range (seconds from now, by this machine's clock) has an
+#: implausible expiry: the clock is off. It is treated as unknown.
+PLAUSIBLE_LIFETIME = (1.0, 86400.0)
+#: With an unknown expiry, refresh after this long, doubling with each consecutive implausible
+#: answer up to the maximum (the server refuses an expired token anyway: the cache then re-mints).
+UNKNOWN_EXPIRY_REFRESH = 60.0
+UNKNOWN_EXPIRY_REFRESH_MAX = 1800.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -63,15 +92,17 @@ class Credential:
     expire_time: datetime  # the server's, UTC
     obtained: float = field(default_factory=time.monotonic)  # monotonic clock when received
     lifetime: float = 3600.0  # seconds from ``obtained`` to expiry, by the local clock
+    #: False when ``expire_time`` was implausible by the local clock (see :data:`PLAUSIBLE_LIFETIME`):
+    #: ``lifetime`` is then an assumption (a refresh interval), not the server's word.
+    expiry_known: bool = True
 
     @classmethod
     def from_expiry(cls, token: str, expire_time: datetime) -> Credential:
         now_wall, now_mono = time.time(), time.monotonic()
         lifetime = expire_time.timestamp() - now_wall
-        if lifetime <= 1.0:
-            log.warning("the database credential expires %.1fs after it was issued by this machine's clock; "
-                        "is the system clock right?", lifetime)
-            lifetime = max(lifetime, 1.0)
+        low, high = PLAUSIBLE_LIFETIME
+        if not low <= lifetime <= high:
+            return cls(token, expire_time, now_mono, 2 * UNKNOWN_EXPIRY_REFRESH, expiry_known=False)
         return cls(token, expire_time, now_mono, lifetime)
 
     @property
@@ -138,6 +169,14 @@ class EndpointTokenSource:
         self.endpoint = endpoint
         self.describe = f"endpoint {endpoint}"
 
+    @property
+    def timeout(self) -> float:
+        return self.apis.timeout
+
+    def abandoned(self) -> None:
+        """A mint overran its time: the next one uses a fresh SDK authentication."""
+        self.apis.reset_auth()
+
     def mint(self) -> Credential:
         api = self.apis.postgres
         response = self.apis.call(api.generate_database_credential, endpoint=self.endpoint)
@@ -153,6 +192,14 @@ class InstanceTokenSource:
         self.apis = apis
         self.instance_name = instance_name
         self.describe = f"instance {instance_name}"
+
+    @property
+    def timeout(self) -> float:
+        return self.apis.timeout
+
+    def abandoned(self) -> None:
+        """A mint overran its time: the next one uses a fresh SDK authentication."""
+        self.apis.reset_auth()
 
     def mint(self) -> Credential:
         api = self.apis.database
@@ -241,6 +288,36 @@ def make_strategy(name: str) -> Lazy | RefreshAhead:
 _caches: weakref.WeakSet[CredentialCache] = weakref.WeakSet()
 
 
+class _Mint(Future[Credential]):
+    """One mint: the future its waiters share, and when it is abandoned if still running.
+
+    ``claimed`` is set, under the cache's lock, by whoever resolves the future: the worker with its
+    outcome, or an abandonment with a ``TimeoutError``; only one of them does.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.set_running_or_notify_cancel()  # an awaiter's cancellation must not cancel the shared mint
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.claimed = False
+
+    def overdue(self) -> bool:
+        return not self.claimed and time.monotonic() >= self.deadline
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What a failed mint did to the cache, for the log line written after the lock is released."""
+
+    exc: BaseException
+    failures: int
+    delay: float
+    cred: Credential | None
+    valid: bool
+
+
 class CredentialCache:
     """One identity's database token, shared by every connection (see the module doc).
 
@@ -255,13 +332,18 @@ class CredentialCache:
         self.source = source
         self.strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
         self.identity = identity
+        #: Seconds a mint may take before it is abandoned: the source's ``api_timeout`` plus a grace.
+        self.mint_timeout = float(getattr(source, "timeout", DEFAULT_MINT_TIMEOUT)) + MINT_GRACE
         self._lock = threading.Lock()
         self._credential: Credential | None = None
-        self._inflight: Future[Credential] | None = None
+        self._inflight: _Mint | None = None
+        self._workers: dict[int, float] = {}  # id(mint) -> monotonic start, per running worker thread
         self._failures = 0
         self._last_error: BaseException | None = None
         self._next_attempt = 0.0
         self._falling_back = False
+        self._implausible = 0  # consecutive tokens with an implausible expire_time
+        self._clock_warned = False
         self._pid = os.getpid()
         self.counters = Counters("credential", source=source.describe)
         _caches.add(self)
@@ -274,20 +356,18 @@ class CredentialCache:
 
     # ---- public ----------------------------------------------------------------------------------
     def token(self, timeout: float | None = None) -> str:
-        """A valid token; mints (once, for all concurrent callers) when needed."""
+        """A valid token; mints (once, for all concurrent callers) when needed. Waits at most
+        ``timeout`` seconds, and never longer than the mint may take (``mint_timeout``)."""
         fast = self._fast_token()
         if fast is not None:
             return fast
         decision = self._decide()
         if isinstance(decision, str):
             return decision
-        future, owner = decision
-        if owner:
-            self._mint_into(future)
         try:
-            return future.result(timeout).token
-        except Exception as exc:
-            return self._after_failure(exc if future.done() else self._waited_too_long(timeout))
+            return decision.result(self._wait_time(decision, timeout)).token
+        except Exception:
+            return self._settle(decision, timeout)
 
     async def atoken(self, timeout: float | None = None) -> str:
         """The async twin of :meth:`token`: the API call runs in a worker thread, never on the loop."""
@@ -297,14 +377,11 @@ class CredentialCache:
         decision = self._decide()
         if isinstance(decision, str):
             return decision
-        future, owner = decision
-        if owner:
-            threading.Thread(target=self._mint_into, args=(future,), name="lakebase-credential-mint",
-                             daemon=True).start()
         try:
-            credential = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except Exception as exc:
-            return self._after_failure(exc if future.done() else self._waited_too_long(timeout))
+            credential = await asyncio.wait_for(asyncio.wrap_future(decision),
+                                                self._wait_time(decision, timeout))
+        except Exception:
+            return self._settle(decision, timeout)
         return credential.token
 
     def invalidate(self, token: str) -> None:
@@ -326,13 +403,20 @@ class CredentialCache:
                       source=self.source.describe, fingerprint=cred.fingerprint)
 
     def refresh(self) -> Credential:
-        """Mint a new token now (joining a mint in flight); raise the API's error on failure."""
+        """Mint a new token now (joining a mint in flight); raise the API's error on failure (a
+        ``TimeoutError`` if the API does not answer within ``mint_timeout``)."""
         self._check_fork()
+        self._abandon_if_overdue()
         with self._lock:
-            future, owner = self._begin_mint()
-        if owner:
-            self._mint_into(future)
-        return future.result()
+            mint, start = self._begin_mint()
+        if start:
+            self._start(mint)
+        try:
+            return mint.result(self._wait_time(mint, None))
+        except Exception:
+            if mint.overdue():
+                self._abandon(mint)
+            return mint.result(MINT_GRACE)  # its own error, or the abandonment's TimeoutError
 
     @property
     def credential(self) -> Credential | None:
@@ -347,8 +431,10 @@ class CredentialCache:
             "identity": self.identity,
             "strategy": self.strategy.name,
             "expires_in": round(cred.expires_in(), 3) if cred else None,
+            "expiry_known": cred.expiry_known if cred else None,
             "fingerprint": cred.fingerprint if cred else None,
             "consecutive_failures": self._failures,
+            "mint_workers": len(self._workers),
             "last_error": _sdk.describe_error(self._last_error) if self._last_error else None,
         }
 
@@ -365,93 +451,244 @@ class CredentialCache:
             return cred.token
         return None
 
-    def _decide(self) -> str | tuple[Future[Credential], bool]:
-        """The token to use now, or (the mint's future, whether the caller runs it); raises
+    def _decide(self) -> str | _Mint:
+        """The token to use now, or the mint to wait for (started here if new); raises
         CredentialsUnavailable while backing off with no valid token."""
+        self._abandon_if_overdue()
         with self._lock:
-            now = time.monotonic()
-            cred = self._credential
-            if cred is not None and now < cred.refresh_at:
-                return cred.token
-            if cred is not None and now < cred.usable_until:
-                # Past the refresh point, still valid.
-                if not self.strategy.inline_refresh or self._inflight is not None or now < self._next_attempt:
-                    if self._failures:
-                        self._note_fallback(cred)
-                    self.strategy.schedule(self)
-                    return cred.token
-                return self._begin_mint()
-            if self._inflight is None and now < self._next_attempt and self._last_error is not None:
-                raise self._unavailable(self._last_error)
-            return self._begin_mint()
+            decision = self._decide_locked()
+        if isinstance(decision, str):
+            return decision
+        mint, start = decision
+        if start:
+            self._start(mint)
+        return mint
 
-    def _begin_mint(self) -> tuple[Future[Credential], bool]:
-        """(the in-flight mint's future, whether the caller must run it); call with the lock held."""
+    def _decide_locked(self) -> str | tuple[_Mint, bool]:
+        now = time.monotonic()
+        cred = self._credential
+        if cred is not None and now < cred.refresh_at:
+            return cred.token
+        if cred is not None and now < cred.usable_until:
+            # Past the refresh point, still valid.
+            if not self.strategy.inline_refresh or self._inflight is not None or now < self._next_attempt:
+                if self._failures:
+                    self._note_fallback(cred)
+                self.strategy.schedule(self)
+                return cred.token
+            return self._begin_mint()
+        if self._inflight is None and now < self._next_attempt and self._last_error is not None:
+            raise self._unavailable(self._last_error)
+        return self._begin_mint()
+
+    def _begin_mint(self) -> tuple[_Mint, bool]:
+        """(the in-flight mint, whether the caller must start it); call with the lock held."""
         if self._inflight is not None:
             self.counters.add("waits")
             return self._inflight, False
-        future: Future[Credential] = Future()
-        future.set_running_or_notify_cancel()  # an awaiter's cancellation must not cancel the shared mint
-        self._inflight = future
-        return future, True
+        self._inflight = _Mint(self.mint_timeout)
+        return self._inflight, True
 
-    def _mint_into(self, future: Future[Credential]) -> None:
-        """Run the API call and publish the outcome to the cache and to ``future``."""
-        started = time.monotonic()
-        try:
-            credential = self.source.mint()
-        except BaseException as exc:
-            self._record_failure(exc)
-            future.set_exception(exc)
-            self.strategy.schedule(self)  # RefreshAhead retries in the background after the backoff
-            if not isinstance(exc, Exception):
-                raise
-            return
-        _redact.register_secret(credential.token)  # before anyone can log it
-        with self._lock:
-            recovered = self._failures
-            self._credential = credential
-            self._failures = 0
-            self._last_error = None
-            self._next_attempt = 0.0
-            self._falling_back = False
-            if self._inflight is future:
-                self._inflight = None
-        self.counters.add("mints")
-        event(log, logging.INFO, "credential.refreshed",
-              f"new database token for {self.source.describe} ({credential.fingerprint}), expires in "
-              f"{credential.expires_in():.0f}s"
-              + (f", after {recovered} failed attempts" if recovered else ""),
-              source=self.source.describe, fingerprint=credential.fingerprint,
-              expires_in=round(credential.expires_in(), 3), duration=round(time.monotonic() - started, 3),
-              recovered_after=recovered)
-        future.set_result(credential)
-        self.strategy.schedule(self)
+    def _wait_time(self, mint: _Mint, timeout: float | None) -> float:
+        left = mint.deadline - time.monotonic()
+        return max(0.0, left if timeout is None else min(left, timeout))
 
-    def _record_failure(self, exc: BaseException) -> None:
+    def _settle(self, mint: _Mint, timeout: float | None) -> str:
+        """After waiting for ``mint``: its token, else the fallback for its failure (abandoning it if
+        it overran), else the fallback for having waited ``timeout`` in vain."""
+        if mint.overdue():
+            self._abandon(mint)
+        if mint.claimed and not mint.done():
+            # Being resolved this very moment (its outcome is logged first): a matter of microseconds.
+            with contextlib.suppress(Exception):
+                mint.result(MINT_GRACE)
+        if not mint.done():
+            return self._after_failure(self._waited_too_long(timeout))
+        exc = mint.exception()
+        if exc is None:
+            return mint.result().token
+        return self._after_failure(exc)
+
+    # ---- the worker ------------------------------------------------------------------------------
+    def _start(self, mint: _Mint) -> None:
+        """Run ``mint`` in a worker thread, unless MAX_MINT_WORKERS are still stuck in the API."""
         now = time.monotonic()
         with self._lock:
-            self._failures += 1
-            self._last_error = exc
-            cred = self._credential
-            cap = BACKOFF_MAX if cred is None else min(BACKOFF_MAX, max(BACKOFF_INITIAL, cred.lifetime / 10))
-            delay = min(cap, BACKOFF_INITIAL * 2 ** (self._failures - 1))
-            delay = random.uniform(delay / 2, delay)
-            after = _sdk.retry_after(exc)
-            if after is not None:
-                delay = max(delay, min(after, RETRY_AFTER_MAX))
-            self._next_attempt = now + delay
-            self._inflight = None
-            failures = self._failures
-            valid = cred is not None and now < cred.usable_until
+            busy = len(self._workers) >= MAX_MINT_WORKERS
+            oldest = min(self._workers.values(), default=now)
+            if not busy:
+                self._workers[id(mint)] = now
+        if busy:
+            self._fail(mint, TimeoutError(
+                f"the last {MAX_MINT_WORKERS} requests to the workspace API for a database credential "
+                f"have not returned (the oldest for {now - oldest:.0f}s); no new request is sent until one "
+                "does. Check that DATABRICKS_HOST answers"))
+            return
+        try:
+            threading.Thread(target=self._run_mint, args=(mint,), name="lakebase-credential-mint",
+                             daemon=True).start()
+        except BaseException as exc:  # RuntimeError: can't start new thread
+            with self._lock:
+                self._workers.pop(id(mint), None)
+            self._fail(mint, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _run_mint(self, mint: _Mint) -> None:
+        """The worker: call the API, publish the outcome (even after ``mint`` was abandoned)."""
+        try:
+            try:
+                credential = self.source.mint()
+            except BaseException as exc:
+                if not self._fail(mint, exc):
+                    event(log, logging.DEBUG, "credential.late_failure",
+                          f"an abandoned request for a database token for {self.source.describe} ended "
+                          f"after {time.monotonic() - mint.started:.1f}s: {_sdk.describe_error(exc)}",
+                          source=self.source.describe, error=_sdk.describe_error(exc))
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self._publish(mint, credential)
+        finally:
+            with self._lock:
+                self._workers.pop(id(mint), None)
+
+    def _publish(self, mint: _Mint, credential: Credential) -> None:
+        """A minted credential: cache it (a late one only if it is the freshest) and resolve ``mint``."""
+        _redact.register_secret(credential.token)  # before anyone can log it
+        duration = time.monotonic() - mint.started
+        with self._lock:
+            current, mint.claimed = not mint.claimed, True
+            if self._inflight is mint:
+                self._inflight = None
+            credential, implausible, first_warning = self._judge_expiry(credential)
+            old = self._credential
+            adopt = current or old is None or credential.expires_at > old.expires_at
+            recovered = self._failures
+            if adopt:
+                self._credential = credential
+                self._failures = 0
+                self._last_error = None
+                self._next_attempt = 0.0
+                self._falling_back = False
+        try:
+            self._log_minted(credential, adopt, current, duration, recovered, implausible, first_warning)
+        finally:
+            if current:
+                mint.set_result(credential)
+        if adopt:
+            self.strategy.schedule(self)
+
+    def _log_minted(self, credential: Credential, adopt: bool, current: bool, duration: float, recovered: int,
+                    implausible: float | None, first_warning: bool) -> None:
+        if implausible is not None:
+            self._warn_expiry(credential, implausible, first_warning)
+        late = "" if current else f" (a late answer, {duration:.1f}s after the request, which had been abandoned)"
+        if not adopt:
+            self.counters.add("late_unused")
+            event(log, logging.DEBUG, "credential.late_unused",
+                  f"an abandoned request for {self.source.describe} answered after {duration:.1f}s; "
+                  f"its token ({credential.fingerprint}) is not needed",
+                  source=self.source.describe, fingerprint=credential.fingerprint)
+            return
+        self.counters.add("mints")
+        if not current:
+            self.counters.add("late_mints")
+        event(log, logging.INFO, "credential.refreshed",
+              f"new database token for {self.source.describe} ({credential.fingerprint}), expires in "
+              f"{credential.expires_in():.0f}s" + ("" if credential.expiry_known else " (assumed)") + late
+              + (f", after {recovered} failed attempts" if recovered else ""),
+              source=self.source.describe, fingerprint=credential.fingerprint,
+              expires_in=round(credential.expires_in(), 3), duration=round(duration, 3),
+              recovered_after=recovered, late=not current, expiry_known=credential.expiry_known)
+
+    def _judge_expiry(self, credential: Credential) -> tuple[Credential, float | None, bool]:
+        """An unknown expiry gets a refresh interval that backs off; lock held. Returns the
+        credential to cache and, for an implausible one, the lifetime the server's time implied and
+        whether this is the cache's first such token (the one warned about)."""
+        if credential.expiry_known:
+            self._implausible = 0
+            return credential, None, False
+        self._implausible += 1
+        interval = min(UNKNOWN_EXPIRY_REFRESH_MAX, UNKNOWN_EXPIRY_REFRESH * 2 ** (self._implausible - 1))
+        implied = credential.expire_time.timestamp() - time.time()
+        first, self._clock_warned = not self._clock_warned, True
+        return replace(credential, lifetime=2 * interval), implied, first
+
+    def _warn_expiry(self, credential: Credential, implied: float, first: bool) -> None:
+        interval = credential.lifetime / 2
+        event(log, logging.WARNING if first else logging.DEBUG, "credential.implausible_expiry",
+              f"the database token for {self.source.describe} ({credential.fingerprint}) expires at "
+              f"{credential.expire_time.isoformat()}, {implied:.0f}s from now by this machine's clock: is the "
+              f"system clock right? Treating its expiry as unknown: refreshing it in {interval:.0f}s "
+              f"(backing off to {UNKNOWN_EXPIRY_REFRESH_MAX:.0f}s); a refused token is replaced at once"
+              + ("" if first else " (warned once)"),
+              source=self.source.describe, fingerprint=credential.fingerprint, implied_lifetime=round(implied, 3),
+              refresh_in=round(interval, 3))
+
+    # ---- failures --------------------------------------------------------------------------------
+    def _fail(self, mint: _Mint, exc: BaseException) -> bool:
+        """Fail ``mint`` with ``exc`` if it is still the one in flight (False: it was already
+        resolved or abandoned): record it, back off, log, and let RefreshAhead retry after the backoff."""
+        with self._lock:
+            if mint.claimed:
+                return False
+            mint.claimed = True
+            if self._inflight is mint:
+                self._inflight = None
+            failure = self._record_failure(exc)
+        try:
+            self._log_failure(failure)
+        finally:
+            mint.set_exception(exc)
+        self.strategy.schedule(self)
+        return True
+
+    def _abandon(self, mint: _Mint) -> None:
+        """``mint`` overran ``mint_timeout``: fail it so a later one can start; its worker finishes on
+        its own (see :meth:`_publish`), and the next attempt uses a fresh SDK authentication."""
+        api_timeout = mint.timeout - MINT_GRACE
+        error = TimeoutError(
+            f"the workspace API did not answer within {mint.timeout:.1f}s (api_timeout {api_timeout:g}s); "
+            "the request was abandoned. Check that DATABRICKS_HOST answers, or raise LAKEBASE_API_TIMEOUT")
+        if not self._fail(mint, error):
+            return
+        self.counters.add("abandoned")
+        reset = getattr(self.source, "abandoned", None)
+        if callable(reset):
+            reset()
+
+    def _abandon_if_overdue(self) -> None:
+        mint = self._inflight
+        if mint is not None and mint.overdue():
+            self._abandon(mint)
+
+    def _record_failure(self, exc: BaseException) -> _Failure:
+        """Count a failure and schedule the next attempt (jittered backoff, Retry-After); lock held."""
+        now = time.monotonic()
+        self._failures += 1
+        self._last_error = exc
+        cred = self._credential
+        cap = BACKOFF_MAX if cred is None else min(BACKOFF_MAX, max(BACKOFF_INITIAL, cred.lifetime / 10))
+        delay = min(cap, BACKOFF_INITIAL * 2 ** (self._failures - 1))
+        delay = random.uniform(delay / 2, delay)
+        after = _sdk.retry_after(exc)
+        if after is not None:
+            delay = max(delay, min(after, RETRY_AFTER_MAX))
+        self._next_attempt = now + delay
+        valid = cred is not None and now < cred.usable_until
+        return _Failure(exc, self._failures, delay, cred, valid)
+
+    def _log_failure(self, failure: _Failure) -> None:
         self.counters.add("failures")
+        cred, exc = failure.cred, failure.exc
         fallback = (f"keeping the cached token ({cred.fingerprint}, expires in {cred.expires_in():.0f}s)"
-                    if valid and cred else "no valid token cached")
+                    if failure.valid and cred else "no valid token cached")
         event(log, logging.WARNING, "credential.refresh_failed",
               f"minting a database token for {self.source.describe} failed ({_sdk.describe_error(exc)}); "
-              f"{fallback}; next attempt in {delay:.1f}s",
-              source=self.source.describe, error=_sdk.describe_error(exc), failures=failures,
-              retry_in=round(delay, 3), transient=_sdk.is_transient(exc), stale_fallback=valid)
+              f"{fallback}; next attempt in {failure.delay:.1f}s",
+              source=self.source.describe, error=_sdk.describe_error(exc), failures=failure.failures,
+              retry_in=round(failure.delay, 3), transient=_sdk.is_transient(exc), stale_fallback=failure.valid)
 
     def _after_failure(self, exc: BaseException) -> str:
         """A failed mint: the still-valid cached token, else CredentialsUnavailable."""
@@ -506,10 +743,16 @@ class CredentialCache:
             now = time.monotonic()
             due = max(cred.refresh_at if cred is not None else now, self._next_attempt)
             if self._inflight is not None:
+                if self._inflight.overdue():
+                    return 0.0  # nobody else is waiting for it: the thread abandons it (refresh())
                 return max(0.05, due - now) if due > now else 0.05
             return max(0.0, due - now)
 
     def _background_refresh(self) -> None:
+        mint = self._inflight
+        if mint is not None and mint.overdue():
+            self._abandon(mint)  # nobody was waiting for it; the next attempt comes after the backoff
+            return
         self.counters.add("background_refreshes")
         try:
             self.refresh()
@@ -525,6 +768,7 @@ class CredentialCache:
         """In a forked child: nothing of the parent's that could be locked, running or connected."""
         self._lock = threading.Lock()
         self._inflight = None
+        self._workers = {}  # the parent's worker threads do not exist here
         self._next_attempt = 0.0
         self.strategy.after_fork()
         self.counters.after_fork()

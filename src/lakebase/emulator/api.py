@@ -57,7 +57,6 @@ from .tokens import WORKSPACE_AUDIENCE, InvalidToken, rfc3339
 log = logging.getLogger("lakebase.emulator.api")
 
 MAX_BODY_BYTES = 1 << 20
-ACCESS_TOKEN_TTL = 3600
 CREDENTIAL_TTL_RANGE = (300.0, 3600.0)
 EXPIRE_TIME_GRACE = 5.0  # seconds of network latency forgiven on expire_time's lower bound
 DEFAULT_PAGE_SIZE = 50
@@ -662,9 +661,10 @@ async def oidc_token(request: web.Request) -> web.Response:
         return oauth_error(400, "unsupported_grant_type",
                            f"grant_type must be client_credentials, got {_shown(grant_type)}")
     scope = form.get("scope")
-    token, _claims = rt.tokens.issue(ident.name, WORKSPACE_AUDIENCE, ACCESS_TOKEN_TTL)
+    ttl = int(rt.config.oauth_token_ttl_seconds)
+    token, _claims = rt.tokens.issue(ident.name, WORKSPACE_AUDIENCE, ttl)
     return web.json_response(
-        {"access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_TTL,
+        {"access_token": token, "token_type": "Bearer", "expires_in": ttl,
          "scope": scope if isinstance(scope, str) and scope else "all-apis"},
         headers={"Cache-Control": "no-store"},
     )
@@ -743,7 +743,7 @@ async def postgres_credential(request: web.Request) -> web.Response:
     lifetime = requested_lifetime(body)
     check_claims(body)
     token, claims = rt.issue_credential(caller(request), lifetime)
-    return web.json_response({"token": token, "expire_time": rfc3339(claims.expires_at)})
+    return web.json_response({"token": token, "expire_time": rfc3339(rt.reported_expiry(claims))})
 
 
 @requires(CAN_USE, "generate a database credential")
@@ -762,7 +762,7 @@ async def database_credential(request: web.Request) -> web.Response:
         if name != INSTANCE_NAME:
             raise not_found(f"database instance '{name}' does not exist (the emulator has '{INSTANCE_NAME}')")
     token, claims = rt.issue_credential(caller(request))
-    return web.json_response({"token": token, "expiration_time": rfc3339(claims.expires_at)})
+    return web.json_response({"token": token, "expiration_time": rfc3339(rt.reported_expiry(claims))})
 
 
 # ---- handlers: Lakebase Provisioned instances ----------------------------------------------------
@@ -1123,6 +1123,16 @@ async def admin_credential_outage(request: web.Request) -> web.Response:
     return web.json_response({"status": status, "seconds": seconds})
 
 
+async def admin_api_hang(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    seconds = field(await read_json(request), "seconds", (int, float), required=True)
+    try:
+        rt.start_api_hang(float(seconds))
+    except ConfigError as exc:
+        raise bad_request(str(exc)) from None
+    return web.json_response({"seconds": seconds})
+
+
 async def admin_expire_tokens(request: web.Request) -> web.Response:
     runtime(request).expire_tokens()
     return web.json_response({"expired_before": rfc3339(time.time())})
@@ -1186,6 +1196,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     rt.stats.api_requests += 1
     if rt.config.latency_ms > 0:
         await asyncio.sleep(rt.config.latency_ms / 1000)
+    if rt.api_hang.remaining() and (request.path.startswith("/api/") or request.path == "/oidc/v1/token"):
+        await rt.api_hang.hold()
     try:
         if request.path.startswith("/api/"):
             request[IDENTITY] = authenticate(rt, request)[0]
@@ -1248,6 +1260,7 @@ def build_app(rt: Runtime) -> web.Application:
         web.post("/emulator/faults/suspend", admin_suspend),
         web.post("/emulator/faults/credential-outage", admin_credential_outage),
         web.post("/emulator/faults/expire-tokens", admin_expire_tokens),
+        web.post("/emulator/faults/api-hang", admin_api_hang),
         web.post("/emulator/identities", admin_add_identity),
         web.post("/emulator/endpoints", admin_add_endpoint),
     ])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .faults import ConfigError, CredentialOutage, EmulatorConfig, Stats
+from .faults import ApiHang, ConfigError, CredentialOutage, EmulatorConfig, Stats
 from .postgres import SUPERUSER, PostgresServer
 from .replica import DROP_SLOT_SQL, SLOT, Replica
 from .state import DEFAULT_DATABASE, IDLE, READ_ONLY, Endpoint, Identity, Workspace
@@ -51,6 +51,7 @@ class Runtime:
         self.config = config
         self.stats = Stats()
         self.outage = CredentialOutage()
+        self.api_hang = ApiHang()
         self.workspace = Workspace.load_or_create(data_dir / "workspace.json")
         self.api_url = ""  # set once the API listens
         self.pg_port = 0  # the proxy's port
@@ -278,6 +279,13 @@ class Runtime:
     def start_outage(self, seconds: float, status: int = 503) -> None:
         self.outage.start(seconds, status)
 
+    def start_api_hang(self, seconds: float) -> None:
+        self.api_hang.start(seconds)
+
+    def reported_expiry(self, claims: Claims) -> float:
+        """The ``expire_time`` the credential APIs report: the real one plus the configured skew."""
+        return claims.expires_at + self.config.expire_time_skew_seconds
+
     @property
     def restarting(self) -> float:
         """Seconds left in a restart (logins wait them out)."""
@@ -306,6 +314,8 @@ class Runtime:
         data = self.stats.as_dict()
         data["endpoints"] = {ep.name: ep.state for ep in self.workspace.endpoints.values()}
         data["credential_outage_seconds_left"] = round(self.outage.remaining(), 3)
+        data["api_hang_seconds_left"] = round(self.api_hang.remaining(), 3)
+        data["api_requests_hanging"] = self.api_hang.waiting
         return data
 
 
@@ -323,7 +333,7 @@ class Emulator:
 
     ``emu.user_env`` / ``emu.app_env`` are the environments of the project owner (PAT) and of the
     app's service principal (OAuth M2M); ``emu.restart()``, ``emu.suspend()``,
-    ``emu.credential_outage()``, ``emu.expire_tokens()``, ``emu.configure()`` and ``emu.stats()``
+    ``emu.credential_outage()``, ``emu.api_hang()``, ``emu.expire_tokens()``, ``emu.configure()`` and ``emu.stats()``
     inject faults and read counters. Safe to call from any thread.
     """
 
@@ -550,6 +560,10 @@ class Emulator:
 
     def credential_outage(self, seconds: float, status: int = 503) -> None:
         self._call_sync(self.runtime.start_outage, seconds, status)
+
+    def api_hang(self, seconds: float) -> None:
+        """The workspace API and the OAuth token endpoint stop answering for ``seconds`` (0 ends it)."""
+        self._call_sync(self.runtime.start_api_hang, seconds)
 
     def expire_tokens(self) -> None:
         self._call_sync(self.runtime.expire_tokens)

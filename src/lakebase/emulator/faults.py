@@ -18,6 +18,10 @@ class EmulatorConfig:
     ``token_ttl_seconds`` caps the lifetime of every database credential (a request's ``ttl`` can only
     shorten it), so rotation can be exercised in seconds. ``latency_ms`` is added to every REST API
     call and every new Postgres login. ``suspend_after_idle_seconds`` None means never.
+    ``expire_time_skew_seconds`` is added to the ``expire_time`` the credential APIs report (the
+    token's real expiry is unchanged): -3600 is what a client whose clock is an hour fast sees.
+    ``oauth_token_ttl_seconds`` is the lifetime of the OAuth access tokens the token endpoint issues
+    (the SDK treats one of 40 s or less as expired: it then asks for a new one on every API call).
     """
 
     token_ttl_seconds: float = 3600.0
@@ -27,6 +31,8 @@ class EmulatorConfig:
     max_lifetime_seconds: float = 259200.0
     latency_ms: float = 0.0
     restart_seconds: float = 1.0
+    expire_time_skew_seconds: float = 0.0
+    oauth_token_ttl_seconds: float = 3600.0
 
     _limits = {
         "token_ttl_seconds": (1.0, 86400.0),
@@ -36,6 +42,8 @@ class EmulatorConfig:
         "max_lifetime_seconds": (0.1, 86400.0 * 30),
         "latency_ms": (0.0, 10000.0),
         "restart_seconds": (0.0, 60.0),
+        "expire_time_skew_seconds": (-86400.0, 86400.0),
+        "oauth_token_ttl_seconds": (1.0, 86400.0),
     }
 
     def update(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -108,3 +116,32 @@ class CredentialOutage:
     @property
     def active(self) -> bool:
         return self.remaining() > 0
+
+
+@dataclass
+class ApiHang:
+    """While active, workspace API calls (``/api/...``) and the OAuth token endpoint do not answer:
+    each request is held until the hang ends, then served as usual (a token endpoint that stops
+    answering, then comes back). Starting one of 0 seconds ends the current hang."""
+
+    until: float = 0.0
+    waiting: int = 0  # requests held right now
+
+    def start(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
+            raise ConfigError(f"seconds must be between 0 and 3600, got {seconds!r}")
+        self.until = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+    async def hold(self) -> None:
+        """Wait (on the event loop) until the hang ends, however it ends."""
+        import asyncio
+
+        self.waiting += 1
+        try:
+            while (left := self.remaining()) > 0:
+                await asyncio.sleep(min(left, 0.05))
+        finally:
+            self.waiting -= 1

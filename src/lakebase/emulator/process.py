@@ -170,6 +170,9 @@ class EmulatorProcess:
     def credential_outage(self, seconds: float, status: int = 503) -> None:
         self.admin("POST", "/emulator/faults/credential-outage", {"seconds": seconds, "status": status})
 
+    def api_hang(self, seconds: float) -> None:
+        self.admin("POST", "/emulator/faults/api-hang", {"seconds": seconds})
+
     def expire_tokens(self) -> None:
         self.admin("POST", "/emulator/faults/expire-tokens", {})
 
