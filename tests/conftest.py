@@ -74,6 +74,7 @@ def _restore_emulator(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     emu.configure(**before)
     emu.credential_outage(0)
+    emu.api_hang(0)
 
 
 @pytest.fixture
