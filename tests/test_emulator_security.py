@@ -164,3 +164,40 @@ def test_create_role_cannot_be_pointed_at_another_file(emulator: Any, tmp_path: 
             assert "SECRET-MARKER" not in shown and "not json" not in shown, shown
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_secret_files_are_private_from_creation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys, the workspace (PATs, client secrets) and revocations are never readable by others, not even
+    for an instant: they are created 0600, not written and then chmod-ed (a chmod is refused here)."""
+    from lakebase.emulator.state import Workspace
+    from lakebase.emulator.tls import ensure_certificates
+    from lakebase.emulator.tokens import TokenAuthority
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"chmod{args}: the file existed with another mode first")
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    monkeypatch.setattr(Path, "chmod", refuse)
+    old = os.umask(0o022)
+    try:
+        ensure_certificates(tmp_path)
+        authority = TokenAuthority(tmp_path / "signing-key.pem", "test", revocations_path=tmp_path / "revoked.json")
+        authority.revoke_issued_before("aud")
+        Workspace.load_or_create(tmp_path / "workspace.json")
+    finally:
+        os.umask(old)
+    for name in ("ca-key.pem", "server-key.pem", "signing-key.pem", "revoked.json", "workspace.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_extension_scripts_define_the_same_function() -> None:
+    """The 1.0 -> 1.1 update and a fresh 1.1 install must leave the same databricks_create_role."""
+    from lakebase.emulator.core import EXTENSION_SOURCE
+
+    def function(name: str) -> str:
+        text = (EXTENSION_SOURCE / name).read_text()
+        return text[text.index("CREATE OR REPLACE FUNCTION"):text.index("$fn$;")]
+
+    assert function("databricks_auth--1.1.sql") == function("databricks_auth--1.0--1.1.sql")
+    assert "current_setting" not in function("databricks_auth--1.1.sql")
