@@ -186,5 +186,5 @@ def owner_token(emu: Any) -> str:
 def owner_conn(emu: Any, token: str) -> psycopg.Connection:
     env = emu.user_env
     return psycopg.connect(host=env["PGHOST"], port=env["PGPORT"], dbname=env["PGDATABASE"], user=env["PGUSER"],
-                           sslmode=env["PGSSLMODE"], sslrootcert=env["PGSSLROOTCERT"], password=token,
+                           sslmode="verify-full", sslrootcert=emu.ca_file, password=token,
                            autocommit=True, connect_timeout=10)

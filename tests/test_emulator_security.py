@@ -133,7 +133,7 @@ def _libpq(env: dict[str, str], emu: Any) -> dict[str, Any]:
     from .conftest import owner_token
 
     return {"host": env["PGHOST"], "port": env["PGPORT"], "dbname": env["PGDATABASE"], "user": env["PGUSER"],
-            "sslmode": env["PGSSLMODE"], "sslrootcert": env["PGSSLROOTCERT"], "password": owner_token(emu),
+            "sslmode": "verify-full", "sslrootcert": str(emu.ca_file), "password": owner_token(emu),
             "connect_timeout": 10}
 
 
