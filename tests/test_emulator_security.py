@@ -60,13 +60,13 @@ def open_data_dir() -> Iterator[tuple[Emulator, Path]]:
     if _can_switch_user() is not None:
         pytest.skip(str(_can_switch_user()))
     base = Path(tempfile.mkdtemp(prefix="lakebase-security-"))
-    base.chmod(0o755)
-    data_dir = base / "emu"
-    data_dir.mkdir(mode=0o755)
-    data_dir.chmod(0o755)
-    assert as_attacker("test", "-x", str(data_dir)).returncode == 0, (
-        f"{ATTACKER} cannot reach {data_dir}: TMPDIR must be traversable by other users for this test")
     try:
+        base.chmod(0o755)
+        data_dir = base / "emu"
+        data_dir.mkdir(mode=0o755)
+        data_dir.chmod(0o755)
+        assert as_attacker("test", "-x", str(data_dir)).returncode == 0, (
+            f"{ATTACKER} cannot reach {data_dir}: TMPDIR must be traversable by other users for this test")
         with Emulator(data_dir) as emu:
             yield emu, data_dir
     finally:
