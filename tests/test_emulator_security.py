@@ -82,6 +82,14 @@ def test_local_user_cannot_connect_to_postgres(open_data_dir: tuple[Emulator, Pa
     result = as_attacker(str(bin_path("psql")), "-h", str(socket_dir), "-p", str(pg.port), "-U", "postgres",
                          "-d", "postgres", "-Atc", "SELECT pg_read_file('PG_VERSION')", env={"PGCONNECT_TIMEOUT": "5"})
     assert result.returncode != 0 and "Permission denied" in result.stderr, result
+    # Were the directory open, Postgres itself would still refuse: peer authentication, emulator only.
+    socket_dir.chmod(0o711)
+    try:
+        result = as_attacker(str(bin_path("psql")), "-h", str(socket_dir), "-p", str(pg.port), "-U", "postgres",
+                             "-d", "postgres", "-Atc", "SELECT 1", env={"PGCONNECT_TIMEOUT": "5"})
+    finally:
+        socket_dir.chmod(0o700)
+    assert result.returncode != 0 and "Peer authentication failed" in result.stderr, result
     st = socket_dir.stat()
     assert st.st_uid == pwd.getpwnam(SYSTEM_USER).pw_uid and stat.S_IMODE(st.st_mode) == 0o700
     assert not stat.S_IMODE(socket_dir.parent.stat().st_mode) & 0o002 or socket_dir.parent.stat().st_mode & 0o1000
