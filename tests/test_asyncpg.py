@@ -97,8 +97,9 @@ async def test_verify_full_with_the_emulator_ca(emulator: Emulator, user_env: di
         await conn.close()
 
 
-async def test_a_certificate_that_does_not_verify_is_not_retried(emulator: Emulator,
-                                                                 user_env: dict[str, str]) -> None:
+async def test_a_certificate_that_does_not_verify_is_not_retried(emulator: Emulator, user_env: dict[str, str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGSSLROOTCERT")  # user.env names the emulator's CA
     with pytest.raises(ConnectionFailed, match="TLS certificate did not verify") as info:
         await lakebase.asyncpg.connect(sslmode="verify-full")  # the system CAs do not know the emulator's
     assert get_connector(sslmode="verify-full").stats()["connect"]["attempts"] == 1

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 from click.testing import CliRunner
 
@@ -103,7 +104,8 @@ def test_env_prints_export_lines_without_the_token(user_env: dict[str, str]) -> 
     lines = dict(line.removeprefix("export ").split("=", 1) for line in result.output.splitlines()
                  if line.startswith("export "))
     assert lines["PGHOST"] == "localhost" and lines["PGPORT"] == user_env["PGPORT"]
-    assert lines["PGUSER"] == user_env["PGUSER"] and lines["PGSSLMODE"] == "require"
+    assert lines["PGUSER"] == user_env["PGUSER"] and lines["PGSSLMODE"] == "verify-full"
+    assert lines["PGSSLROOTCERT"] == user_env["PGSSLROOTCERT"]
     assert "PGPASSWORD" not in lines and "eyJ" not in result.output
 
 
@@ -251,7 +253,7 @@ def test_doctor_without_workspace_credentials(emulator: Any) -> None:
     ({"PGHOST": "no-such-host.invalid"}, "dns", "does not resolve", "PGHOST=localhost"),
     ({"PGPORT": "__free__"}, "tcp", "connection refused", "PGPORT"),
     ({"PGSSLMODE": "disable"}, "configuration", "requires TLS", "PGSSLMODE=require"),
-    ({"PGSSLMODE": "verify-full"}, "tls", "does not verify", "PGSSLROOTCERT"),
+    ({"PGSSLROOTCERT": "__other_ca__"}, "tls", "does not verify", "PGSSLROOTCERT"),
     ({"DATABRICKS_TOKEN": "dapi00000000000000000000000000000000"}, "endpoint", "401", "DATABRICKS_TOKEN"),
     ({"DATABRICKS_HOST": "http://127.0.0.1:__free__"}, "endpoint", "cannot reach the workspace", "DATABRICKS_HOST"),
     ({"ENDPOINT_NAME": "projects/emulator/branches/production/endpoints/nope"}, "endpoint", "404", "ENDPOINT_NAME"),
@@ -262,7 +264,7 @@ def test_doctor_without_workspace_credentials(emulator: Any) -> None:
 def test_doctor_misconfigurations(emulator: Any, change: dict[str, str], name: str, summary: str, fix: str) -> None:
     env = {**emulator.user_env}
     for key, value in change.items():
-        env[key] = value.replace("__free__", str(free_port()))
+        env[key] = value.replace("__free__", str(free_port())).replace("__other_ca__", certifi.where())
     code, report = doctor(env)
     bad = failed(report)
     assert code == 1

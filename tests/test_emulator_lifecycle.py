@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -35,14 +36,18 @@ def start_cli(data_dir: Path) -> subprocess.Popen[str]:
 
 
 def postgres_pids(data_dir: Path) -> list[int]:
+    """The postmasters (primary and read replica) and their children: every process working in a data
+    directory of the emulator's."""
+    pgdata = {str(data_dir / "pgdata"), str(data_dir / "pgdata-replica")}
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
+                cwd = os.readlink(entry / "cwd")
                 cmd = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"postgres" in cmd and str(data_dir / "pgdata").encode() in cmd:
+            if cwd in pgdata and b"postgres" in cmd:
                 pids.append(int(entry.name))
     return pids
 
@@ -54,7 +59,8 @@ def connect_as_owner(data_dir: Path) -> psycopg.Connection:
     w = WorkspaceClient(host=env["DATABRICKS_HOST"], token=env["DATABRICKS_TOKEN"], auth_type="pat")
     token = w.postgres.generate_database_credential(endpoint=env["ENDPOINT_NAME"]).token
     return psycopg.connect(host=env["PGHOST"], port=env["PGPORT"], dbname=env["PGDATABASE"], user=env["PGUSER"],
-                           sslmode=env["PGSSLMODE"], password=token, autocommit=True)
+                           sslmode=env["PGSSLMODE"], sslrootcert=env["PGSSLROOTCERT"], password=token,
+                           autocommit=True)
 
 
 def wait_gone(pids: list[int], timeout: float = 15) -> bool:
@@ -72,9 +78,10 @@ def test_env_files_sigterm_and_persistence(tmp_path: Path) -> None:
     try:
         user, app = read_env_file(data_dir / "user.env"), read_env_file(data_dir / "app.env")
         assert set(user) == {"DATABRICKS_HOST", "DATABRICKS_TOKEN", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER",
-                             "PGSSLMODE", "ENDPOINT_NAME"}
+                             "PGSSLMODE", "PGSSLROOTCERT", "ENDPOINT_NAME"}
         assert user["DATABRICKS_HOST"].startswith("http://127.0.0.1:")
-        assert user["PGDATABASE"] == "databricks_postgres" and user["PGSSLMODE"] == "require"
+        assert user["PGDATABASE"] == "databricks_postgres" and user["PGSSLMODE"] == "verify-full"
+        assert user["PGSSLROOTCERT"] == app["PGSSLROOTCERT"] == str(data_dir / "ca.pem")
         assert user["ENDPOINT_NAME"] == "projects/emulator/branches/production/endpoints/primary"
         assert "DATABRICKS_TOKEN" not in app
         assert {"DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "PGAPPNAME"} <= set(app)
@@ -135,7 +142,7 @@ def test_in_process_emulator_api(tmp_path: Path) -> None:
         owner = WorkspaceClient(host=emu.api_url, token=emu.owner.pat, auth_type="pat")
         token = owner.postgres.generate_database_credential(endpoint=emu.endpoint_name).token
         with psycopg.connect(host="localhost", port=emu.pg_port, user=emu.owner.name, dbname="databricks_postgres",
-                             sslmode="require", password=token, autocommit=True) as conn:
+                             sslmode="verify-full", sslrootcert=emu.ca_file, password=token, autocommit=True) as conn:
             assert emu.stats()["active_sessions"] == 1
             assert emu.suspend() == 1
             assert emu.endpoint_state() == "IDLE"
@@ -143,3 +150,42 @@ def test_in_process_emulator_api(tmp_path: Path) -> None:
                 conn.execute("SELECT 1")
         assert emu.add_read_only_endpoint("replica-in-process").host == "replica-in-process.localhost"
         assert emu.stats()["credentials_issued"] == 2
+
+
+def test_restart_keeps_revocations_and_updates_the_extension(tmp_path: Path) -> None:
+    """expire-tokens outlives a restart; a databricks_auth installed by an older emulator is updated."""
+    from lakebase.emulator import Emulator
+
+    data_dir = tmp_path / "emu"
+    with Emulator(data_dir) as emu:
+        token = owner_token(emu)
+        with owner_conn(emu, token) as conn:
+            conn.execute("CREATE EXTENSION databricks_auth")
+        emu.expire_tokens()
+        with psycopg.connect(**emu.runtime.pg.connect_kwargs(dbname="databricks_postgres"),  # type: ignore[arg-type]
+                             autocommit=True) as su:  # what an emulator of version 1.0 left behind
+            su.execute("UPDATE pg_extension SET extversion = '1.0' WHERE extname = 'databricks_auth'")
+            su.execute("CREATE OR REPLACE FUNCTION databricks_create_role(identity text, identity_type text) "
+                       "RETURNS text LANGUAGE sql AS $$ SELECT 'version 1.0' $$")
+    with Emulator(data_dir) as emu:
+        with pytest.raises(psycopg.OperationalError, match="expire-tokens"):
+            owner_conn(emu, token)
+        with owner_conn(emu, owner_token(emu)) as conn:
+            version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'databricks_auth'")
+            assert version.fetchone() == ("1.1",)
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="was not found in the workspace"):
+                conn.execute("SELECT databricks_create_role('nobody@example.com', 'user')")
+
+
+def owner_token(emu: Any) -> str:
+    from databricks.sdk import WorkspaceClient
+
+    w = WorkspaceClient(host=emu.api_url, token=emu.owner.pat, auth_type="pat")
+    return w.postgres.generate_database_credential(endpoint=emu.endpoint_name).token
+
+
+def owner_conn(emu: Any, token: str) -> psycopg.Connection:
+    env = emu.user_env
+    return psycopg.connect(host=env["PGHOST"], port=env["PGPORT"], dbname=env["PGDATABASE"], user=env["PGUSER"],
+                           sslmode="verify-full", sslrootcert=emu.ca_file, password=token,
+                           autocommit=True, connect_timeout=10)

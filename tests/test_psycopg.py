@@ -114,7 +114,8 @@ def test_conninfo_and_driver_arguments_pass_through(emulator: Emulator, user_env
         assert conn.info.parameter_status("application_name") == "from-conninfo"
         assert conn.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
         params = conn.info.get_parameters()
-        assert params["keepalives"] == "1" and params["sslmode"] == "require"
+        assert params["keepalives"] == "1" and params["sslmode"] == "verify-full"  # as user.env says
+        assert params["sslrootcert"] == user_env["PGSSLROOTCERT"]
 
 
 def test_a_password_or_plaintext_connection_is_refused(emulator: Emulator, user_env: dict[str, str],

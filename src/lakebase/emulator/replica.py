@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .postgres import SUPERUSER, PostgresError, PostgresServer, _chown, bin_path
+from .postgres import SUPERUSER, PostgresError, PostgresServer, bin_path
 
 log = logging.getLogger("lakebase.emulator.replica")
 
@@ -52,7 +53,7 @@ class Replica:
         # directory is new on every start).
         settings = {**primary.settings, "hot_standby": "on", "primary_conninfo": conninfo,
                     "primary_slot_name": SLOT}
-        self.server = PostgresServer(pgdata, primary.extension_dir, settings)
+        self.server = PostgresServer(pgdata, primary.socket_dir / "extension", settings)
         self.server.log_path = pgdata.parent / "postgres-replica.log"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lakebase-replica")
         self._started: asyncio.Future[None] | None = None
@@ -106,17 +107,19 @@ class Replica:
         pgdata = self.server.pgdata
         self._primary_query(DROP_SLOT_SQL, (SLOT,))  # a slot left by an earlier replica
         shutil.rmtree(pgdata, ignore_errors=True)
-        pgdata.mkdir()  # a sibling of the primary's data directory: the same parents, so reachable
-        _chown(pgdata, self.server.user)
-        pgdata.chmod(0o700)
-        cmd = [
-            str(bin_path("pg_basebackup")), "-h", str(self.primary.socket_dir), "-p", str(self.primary.port),
-            "-U", SUPERUSER, "-D", str(pgdata), "--checkpoint=fast", "--wal-method=stream",
-            "--create-slot", "--slot", SLOT, "--write-recovery-conf", "--no-sync", "--no-manifest",
-        ]
+        pgdata.mkdir(mode=0o700)  # a sibling of the primary's data directory
+        owner = self.server._owner()
+        if owner is not None:
+            os.chown(pgdata, *owner)
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=BASEBACKUP_TIMEOUT,
-                                    **self.server._as_user())
+            with self.server._server_paths() as (data, _, fds):  # no permission on the parents needed
+                cmd = [
+                    str(bin_path("pg_basebackup")), "-h", str(self.primary.socket_dir), "-p", str(self.primary.port),
+                    "-U", SUPERUSER, "-D", data, "--checkpoint=fast", "--wal-method=stream",
+                    "--create-slot", "--slot", SLOT, "--write-recovery-conf", "--no-sync", "--no-manifest",
+                ]
+                result = subprocess.run(cmd, capture_output=True, text=True, timeout=BASEBACKUP_TIMEOUT,
+                                        pass_fds=fds, **self.server._as_user())
         except subprocess.TimeoutExpired:
             shutil.rmtree(pgdata, ignore_errors=True)
             raise PostgresError(f"pg_basebackup of the primary into {pgdata} did not finish in "

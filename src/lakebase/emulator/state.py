@@ -7,13 +7,14 @@ Roles and databases are not kept here: Postgres itself is their source of truth.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .files import write_private
 
 DEFAULT_PROJECT = "emulator"
 DEFAULT_BRANCH = "production"
@@ -164,10 +165,7 @@ class Workspace:
             "identities": [asdict(i) for i in self.identities.values()],
             "endpoints": [e.persistent() for e in self.endpoints.values()],
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.chmod(0o600)
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(data, indent=2))
 
     # ---- identities --------------------------------------------------------------------------
     def add_identity(self, name: str, type_: str, display_name: str | None = None) -> Identity:

@@ -1,12 +1,14 @@
 """Signed, expiring tokens: database credentials and workspace OAuth access tokens.
 
 Both are JWTs signed with an Ed25519 key kept in the data directory, so tokens survive an emulator
-restart and a token from another emulator (another key) is rejected. Expiry is checked to the
+restart and a token from another emulator (another key) is rejected. Revocations (the expire-tokens
+fault) are kept in the data directory too, so a restart does not bring revoked tokens back. Expiry is checked to the
 microsecond against the float ``exp`` claim: a token is valid strictly before its ``expire_time``.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 import uuid
@@ -17,6 +19,8 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .files import write_private
 
 DATABASE_AUDIENCE = "lakebase-postgres"
 WORKSPACE_AUDIENCE = "databricks-workspace"
@@ -58,20 +62,31 @@ def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    path.write_bytes(pem)
-    path.chmod(0o600)
+    write_private(path, pem)
     return key
 
 
 class TokenAuthority:
     """Issues and verifies the emulator's JWTs."""
 
-    def __init__(self, key_path: Path, issuer: str) -> None:
+    def __init__(self, key_path: Path, issuer: str, revocations_path: Path | None = None) -> None:
         self._key = _load_or_create_key(key_path)
         self._public = self._key.public_key()
         self.issuer = issuer
         # Tokens of an audience issued before this instant are rejected (the expire-tokens fault).
-        self._revoked_before: dict[str, float] = {}
+        self._revocations_path = revocations_path
+        self._revoked_before: dict[str, float] = self._load_revocations()
+
+    def _load_revocations(self) -> dict[str, float]:
+        path = self._revocations_path
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return {str(audience): float(when) for audience, when in data.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path} is damaged ({type(exc).__name__}); delete it to forget the revocations "
+                             "made by expire-tokens") from None
 
     def issue(self, subject: str, audience: str, ttl_seconds: float) -> tuple[str, Claims]:
         now = time.time()
@@ -131,3 +146,5 @@ class TokenAuthority:
 
     def revoke_issued_before(self, audience: str, when: float | None = None) -> None:
         self._revoked_before[audience] = time.time() if when is None else when
+        if self._revocations_path is not None:
+            write_private(self._revocations_path, json.dumps(self._revoked_before))

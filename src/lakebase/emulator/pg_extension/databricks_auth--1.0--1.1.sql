@@ -1,12 +1,10 @@
--- databricks_auth for the lakebase emulator.
--- databricks_create_role(identity, type) creates a LOGIN role for a Databricks identity the workspace
--- knows and marks it as an OAuth role (the emulator's proxy then accepts that identity's tokens).
--- The workspace's identities are read from the file named by databricks_auth.identities_file, which
--- the emulator keeps up to date.
+-- databricks_auth 1.0 -> 1.1: databricks_create_role reads the identities from a fixed file in the
+-- data directory instead of the file named by a session setting, and shows nothing of what it reads.
+-- The function is the same as in databricks_auth--1.1.sql (tests/test_emulator_security.py checks).
 
-\echo Use "CREATE EXTENSION databricks_auth" to load this file. \quit
+\echo Use "ALTER EXTENSION databricks_auth UPDATE" to load this file. \quit
 
-CREATE FUNCTION databricks_create_role(identity text, identity_type text)
+CREATE OR REPLACE FUNCTION databricks_create_role(identity text, identity_type text)
 RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -27,7 +25,18 @@ BEGIN
             MESSAGE = format('invalid identity type "%s"', identity_type),
             HINT = 'The type is one of USER, SERVICE_PRINCIPAL or GROUP.';
     END IF;
-    known := pg_read_file(current_setting('databricks_auth.identities_file'))::jsonb;
+    -- A fixed file in the data directory, which only the emulator writes; whatever goes wrong
+    -- reading it, nothing of it is shown.
+    BEGIN
+        known := pg_read_file('databricks_auth_identities.json', true)::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        known := NULL;
+    END;
+    IF known IS NULL OR jsonb_typeof(known) <> 'object' THEN
+        RAISE EXCEPTION USING ERRCODE = '58000',
+            MESSAGE = 'the workspace''s identities are not available to databricks_auth',
+            HINT = 'Restart the lakebase emulator: it writes them when it starts.';
+    END IF;
     actual := known ->> identity;
     IF actual IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -48,6 +57,3 @@ BEGIN
     RETURN identity;
 END
 $fn$;
-
-REVOKE ALL ON FUNCTION databricks_create_role(text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION databricks_create_role(text, text) TO databricks_superuser;
