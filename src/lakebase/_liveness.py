@@ -70,11 +70,15 @@ def asyncpg_state(conn: Any) -> str:
     """The state of an asyncpg connection from its transport's socket.
 
     asyncpg reads its socket on the event loop: a connection whose end the loop has processed is
-    ``is_closed()``; one whose goodbye is still unread has a readable socket.
+    ``is_closed()``, or its transport ``is_closing()`` (TLS: the server's close_notify was read and
+    the shutdown is under way, a few loop iterations before asyncpg hears of it); one whose goodbye
+    is still unread has a readable socket.
     """
     if conn.is_closed():
         return CLOSED
     transport = getattr(conn, "_transport", None)
+    if transport is not None and transport.is_closing():
+        return CLOSED
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:  # not a socket transport we can look at: let the round trip decide
         return READABLE
