@@ -523,9 +523,9 @@ def test_without_a_check_the_pool_hands_out_sessions_the_server_ended(emulator: 
 def test_the_default_check_costs_no_round_trip(emulator: Emulator, app_env: dict[str, str], tmp_path: Any) -> None:
     """libpq's own trace of every protocol message: a checkout with the default check sends nothing;
     with check_connection (the round trip, still available) it sends a query."""
-    for check, expect_query in ((lakebase.ConnectionPool.check_liveness, False),
-                                (lakebase.ConnectionPool.check_connection, True)):
-        with lakebase.ConnectionPool(min_size=1, max_size=1, check=check, open=True) as pool:
+    options: dict[str, Any]
+    for options, expect_query in (({}, False), ({"check": lakebase.ConnectionPool.check_connection}, True)):
+        with lakebase.ConnectionPool(min_size=1, max_size=1, open=True, **options) as pool:
             with pool.connection() as conn:
                 conn.execute("SELECT 1")
                 pooled = conn

@@ -231,8 +231,9 @@ def test_without_a_check_the_engine_hands_out_sessions_the_server_ended(emulator
 def test_the_default_check_costs_no_round_trip(emulator: Emulator, app_env: dict[str, str], tmp_path: Any) -> None:
     """libpq's trace of every protocol message: the checkout itself sends nothing (pool_pre_ping=True,
     the control, sends a query)."""
-    for pre_ping in (False, True):
-        engine = create_engine(pool_size=1, pool_pre_ping=pre_ping)
+    options: dict[str, Any]
+    for options, pre_ping in (({}, False), ({"pool_pre_ping": True}, True)):
+        engine = create_engine(pool_size=1, **options)
         try:
             with engine.connect() as conn:
                 dbapi = conn.connection.dbapi_connection
