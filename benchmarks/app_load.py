@@ -6,10 +6,11 @@ Both apps run under gunicorn with the same settings (2 workers x 4 threads, gthr
 service principal (OAuth M2M, the emulator's app.env), side by side (both loaded at the same time,
 so that the shared machine's drift hits both alike; ``--sequential``: one after the other) against
 one emulator in its own process, with database credentials that live 10 s (``token_ttl_seconds=10``)
-and one compute restart halfway through the run (each run, with ``--sequential``). Concurrent clients send 90% page reads (``GET /``) and 10% writes
-(``POST /api/notes``; through ``lakebase.run_transaction`` in the lakebase app). Reported per app:
-requests served, non-2xx (goal: zero for reads), p50/p99 latency, credential API calls and logins
-(emulator stats). Results: results/app_load.json, .md and .png (latency over time, faults marked).
+and one compute restart halfway through the run (each run, with ``--sequential``). Concurrent clients
+send 90% page reads (``GET /``) and 10% writes (``POST /api/notes``; through
+``lakebase.run_transaction`` in the lakebase app). Reported per app: requests served, non-2xx (goal:
+zero for reads), p50/p99 latency, credential API calls and logins (emulator stats; side by side, the
+two apps' total). Results: results/app_load.json, .md and .png (latency over time, faults marked).
 This is not a test: nothing asserts on the numbers.
 """
 
