@@ -3,12 +3,14 @@
     .venv/bin/python -m benchmarks.app_load [--seconds 60] [--clients 8]
 
 Both apps run under gunicorn with the same settings (2 workers x 4 threads, gthread) as the app's
-service principal (OAuth M2M, the emulator's app.env), one after the other against one emulator in
-its own process, with database credentials that live 10 s (``token_ttl_seconds=10``) and one compute
-restart halfway through each run. Concurrent clients send 90% page reads (``GET /``) and 10% writes
-(``POST /api/notes``; through ``lakebase.run_transaction`` in the lakebase app). Reported per app:
-requests served, non-2xx (goal: zero for reads), p50/p99 latency, credential API calls and logins
-(emulator stats). Results: results/app_load.json, .md and .png (latency over time, faults marked).
+service principal (OAuth M2M, the emulator's app.env), side by side (both loaded at the same time,
+so that the shared machine's drift hits both alike; ``--sequential``: one after the other) against
+one emulator in its own process, with database credentials that live 10 s (``token_ttl_seconds=10``)
+and one compute restart halfway through the run (each run, with ``--sequential``). Concurrent clients
+send 90% page reads (``GET /``) and 10% writes (``POST /api/notes``; through
+``lakebase.run_transaction`` in the lakebase app). Reported per app: requests served, non-2xx (goal:
+zero for reads), p50/p99 latency, credential API calls and logins (emulator stats; side by side, the
+two apps' total). Results: results/app_load.json, .md and .png (latency over time, faults marked).
 This is not a test: nothing asserts on the numbers.
 """
 
@@ -101,51 +103,71 @@ def client_loop(url: str, started: float, until: float, out: list[Sample], error
         out.extend(local)
 
 
-def monitor(emu: EmulatorProcess, started: float, stop: threading.Event, phase: Phase) -> None:
+def monitor(emu: EmulatorProcess, started: float, stop: threading.Event, phases: list[Phase]) -> None:
     last = int(emu.stats()["credentials_issued"])
     while not stop.wait(0.25):
         issued = int(emu.stats()["credentials_issued"])
-        phase.mints.extend([time.monotonic() - started] * (issued - last))
+        for phase in phases:
+            phase.mints.extend([time.monotonic() - started] * (issued - last))
         last = issued
 
 
 def run_phase(name: str, emu: EmulatorProcess, app_env: dict[str, str], seconds: float, clients: int,
               workdir: Path) -> Phase:
-    phase = Phase(name)
-    port = free_port()
-    log = workdir / f"{name}.log"
+    return run_phases([name], emu, app_env, seconds, clients, workdir)[0]
+
+
+def run_phases(names: list[str], emu: EmulatorProcess, app_env: dict[str, str], seconds: float, clients: int,
+               workdir: Path) -> list[Phase]:
+    """Load the apps ``names`` at the same time (``clients`` clients each) for ``seconds``, with one
+    compute restart halfway through. With more than one app, the emulator's counters (credential
+    calls, logins) are the apps' total."""
+    phases = [Phase(name) for name in names]
+    procs: list[subprocess.Popen[bytes]] = []
     before = emu.stats()
-    start = start_lakebase_app if name == "lakebase" else start_baseline_app
-    proc = start(app_env, port, log)
-    url = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
     try:
-        if wait_http_ok(url + "/", 60, alive=lambda: proc.poll() is None) is None:
-            raise SystemExit(f"{name} app did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+        urls = []
+        for name in names:
+            port = free_port()
+            log = workdir / f"{name}.log"
+            start = start_lakebase_app if name == "lakebase" else start_baseline_app
+            proc = start(app_env, port, log)
+            procs.append(proc)
+            url = f"http://127.0.0.1:{port}"
+            if wait_http_ok(url + "/", 60, alive=lambda proc=proc: proc.poll() is None) is None:  # type: ignore[misc]
+                raise SystemExit(f"{name} app did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+            urls.append(url)
         lock = threading.Lock()
         started = time.monotonic()
         until = started + seconds
-        stop = threading.Event()
-        watcher = threading.Thread(target=monitor, args=(emu, started, stop, phase), daemon=True)
+        watcher = threading.Thread(target=monitor, args=(emu, started, stop, phases), daemon=True)
         watcher.start()
         threads = [threading.Thread(target=client_loop, args=(url, started, until, phase.samples, phase.errors,
-                                                               lock, i), daemon=True) for i in range(clients)]
+                                                               lock, i * 1000 + c), daemon=True)
+                   for i, (url, phase) in enumerate(zip(urls, phases, strict=True)) for c in range(clients)]
         for t in threads:
             t.start()
         time.sleep(seconds / 2)
-        phase.restart_at = time.monotonic() - started
+        restart_at = time.monotonic() - started
         emu.restart()
         for t in threads:
             t.join(seconds + 60)
-        phase.seconds = time.monotonic() - started
+        elapsed = time.monotonic() - started
         stop.set()
         watcher.join(5)
     finally:
-        stop_process_group(proc)
+        stop.set()
+        for proc in procs:
+            stop_process_group(proc)
     after = emu.stats()
-    phase.credentials = int(after["credentials_issued"]) - int(before["credentials_issued"])
-    phase.logins = int(after["logins_succeeded"]) - int(before["logins_succeeded"])
-    phase.samples.sort(key=lambda s: s.t)
-    return phase
+    for phase in phases:
+        phase.restart_at = restart_at
+        phase.seconds = elapsed
+        phase.credentials = int(after["credentials_issued"]) - int(before["credentials_issued"])
+        phase.logins = int(after["logins_succeeded"]) - int(before["logins_succeeded"])
+        phase.samples.sort(key=lambda s: s.t)
+    return phases
 
 
 # ---- reporting -----------------------------------------------------------------------------------------
@@ -183,8 +205,9 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
+def table(results: dict[str, dict[str, Any]], side_by_side: bool = False) -> str:
     lb, base = results["lakebase"], results["tutorial"]
+    both = " (both apps together)" if side_by_side else ""
     rows = [
         ("requests served (2xx)", lambda r: f"{r['all']['ok']}"),
         ("requests/s", lambda r: f"{r['all']['requests'] / r['seconds']:.0f}"),
@@ -193,12 +216,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         ("p50 / p99 read latency", lambda r: f"{r['read']['p50_ms']} / {r['read']['p99_ms']} ms"),
         ("p50 / p99 write latency", lambda r: f"{r['write']['p50_ms']} / {r['write']['p99_ms']} ms"),
         ("non-2xx in the 5 s after the restart", lambda r: f"{r['restart_window_5s']['non_2xx']}"),
-        ("credential API calls", lambda r: f"{r['credential_api_calls']}"),
-        ("Postgres logins", lambda r: f"{r['logins']}"),
+        (f"credential API calls{both}", lambda r: f"{r['credential_api_calls']}"),
+        (f"Postgres logins{both}", lambda r: f"{r['logins']}"),
     ]
     lines = ["| measure | lakebase (`apps/notes-flask`) | tutorial pattern (`baseline_tutorial_app.py`) |",
              "|---|---|---|"]
     lines += [f"| {label} | {fn(lb)} | {fn(base)} |" for label, fn in rows]
+    lb_rps, base_rps = lb["all"]["ok"] / lb["seconds"], base["all"]["ok"] / base["seconds"]
+    lines.append(f"| requests/s (2xx), lakebase / tutorial | {lb_rps / base_rps:.3f} | (goal >= 0.95) |")
     return "\n".join(lines)
 
 
@@ -254,6 +279,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="load duration per app (default 60)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (default 8)")
     parser.add_argument("--only", choices=["lakebase", "tutorial"], help="run one app only (no results file)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="load one app after the other (each its own restart; per-app credential counts) "
+                             "instead of both at once")
     parser.add_argument("--keep", type=Path, help="keep the emulator data and the apps' logs in this directory")
     args = parser.parse_args()
 
@@ -268,10 +296,17 @@ def main() -> None:
             app_env = clean_environment({**emu.app_env, "DATABRICKS_CONFIG_FILE": str(workdir / "nocfg")})
             names = [args.only] if args.only else ["lakebase", "tutorial"]
             phases = []
-            for name in names:
-                print(f"{name}: {args.seconds:g} s of load with {args.clients} clients ...", file=sys.stderr)
-                phases.append(run_phase(name, emu, app_env, args.seconds, args.clients, workdir))
-                print(f"{name}: {summary(phases[-1])}", file=sys.stderr)
+            if args.sequential or args.only:
+                for name in names:
+                    print(f"{name}: {args.seconds:g} s of load with {args.clients} clients ...", file=sys.stderr)
+                    phases.append(run_phase(name, emu, app_env, args.seconds, args.clients, workdir))
+                    print(f"{name}: {summary(phases[-1])}", file=sys.stderr)
+            else:
+                print(f"{' and '.join(names)} side by side: {args.seconds:g} s of load with {args.clients} "
+                      "clients each ...", file=sys.stderr)
+                phases = run_phases(names, emu, app_env, args.seconds, args.clients, workdir)
+                for phase in phases:
+                    print(f"{phase.name}: {summary(phase)}", file=sys.stderr)
     results = {p.name: summary(p) for p in phases}
     if args.only:
         return
@@ -279,10 +314,11 @@ def main() -> None:
     png = RESULTS / "app_load.png"
     plotted = plot(phases, args.seconds, args.clients, png)
     write_results("app_load", {"seconds": args.seconds, "clients": args.clients, "token_ttl_seconds": TOKEN_TTL,
+                               "side_by_side": not args.sequential,
                                "gunicorn": {"workers": WORKERS, "threads": THREADS},
                                "write_share": WRITE_SHARE, "results": results,
                                "plot": png.name if plotted else None},
-                  table(results))
+                  table(results, side_by_side=not args.sequential))
 
 
 if __name__ == "__main__":

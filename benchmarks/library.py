@@ -18,9 +18,11 @@ owner's identity (a PAT), settings built explicitly (``Settings(env={}, ...)``) 
    with the same token as a static password, alternating one connect each, median.
 3. Pooled ``SELECT 1`` throughput: ``lakebase.ConnectionPool`` vs ``psycopg_pool.ConnectionPool``
    with the static token, same size and threads; short runs alternate, and the reported ratio is the
-   median over adjacent (lakebase, raw) pairs. Twice: both without a pre-use check, and both with
-   ``check=ConnectionPool.check_connection`` (lakebase's default). And the cost of one checkout and
-   return with no query (one thread, one connection), where the pools' own overhead is all there is.
+   median over adjacent (lakebase, raw) pairs. Three times: each library's defaults (lakebase's
+   ``check_liveness``, no round trip; psycopg_pool: no check), both without a pre-use check, and both
+   with ``check=ConnectionPool.check_connection`` (a round trip). And the cost of one checkout and
+   return with no query (one thread, one connection), where the pools' own overhead is all there is
+   (``--throughput-only`` runs this part alone: ``results/library_throughput.*``).
 4. Event-loop lag while tokens rotate (``token_ttl_seconds=4``): a probe task sleeps 1 ms in a loop
    and records the overshoot while tasks connect (``lakebase.connect_async``), run ``SELECT 1`` and
    close, over and over. lakebase (``ahead``: background refresh; ``lazy``: refresh on demand in a
@@ -228,26 +230,35 @@ def run_load(pool: psycopg_pool.ConnectionPool[Any], seconds: float, threads: in
     return (n1 - n0) / (t1 - t0)
 
 
-PAIRS = {"no check": ("lakebase, no check", "raw, no check"),
-         "check": ("lakebase, check (default)", "raw, check")}
+PAIRS = {"defaults": ("lakebase, defaults", "raw, defaults"),
+         "no check": ("lakebase, no check", "raw, no check"),
+         "check": ("lakebase, check_connection", "raw, check_connection")}
 
 
 def throughput(bench: Bench, rounds: int, seconds: float) -> dict[str, Any]:
-    """All four pools stay open (idle ones cost nothing); short runs alternate, each lakebase run next
+    """All the pools stay open (idle ones cost nothing); short runs alternate, each lakebase run next
     to its raw twin (which goes first alternates), and the ratio of each adjacent pair is kept: on this
-    shared machine throughput drifts by +-20% from one second to the next, a pair's ratio much less."""
+    shared machine throughput drifts by +-20% from one second to the next, a pair's ratio much less.
+    Pairs: each library's defaults (lakebase: ``check_liveness``, no round trip; psycopg_pool: no
+    check), no check on either, ``check_connection`` (a round trip) on both."""
     lakebase_connector.reset()
     w = bench.client()
     sizes = {"min_size": THROUGHPUT_POOL, "max_size": THROUGHPUT_POOL}
     check = psycopg_pool.ConnectionPool.check_connection
+
+    def raw_pool(**options: Any) -> psycopg_pool.ConnectionPool[Any]:
+        return psycopg_pool.ConnectionPool(bench.conninfo(), kwargs={"password": bench.static_token}, **sizes,
+                                           **options)
+
     pools: dict[str, psycopg_pool.ConnectionPool[Any]] = {
+        "lakebase, defaults": lakebase.ConnectionPool(settings=bench.settings, workspace_client=w, **sizes),
+        "raw, defaults": raw_pool(),
         "lakebase, no check": lakebase.ConnectionPool(settings=bench.settings, workspace_client=w, check=None,
                                                       **sizes),
-        "raw, no check": psycopg_pool.ConnectionPool(bench.conninfo(), kwargs={"password": bench.static_token},
-                                                     **sizes),
-        "lakebase, check (default)": lakebase.ConnectionPool(settings=bench.settings, workspace_client=w, **sizes),
-        "raw, check": psycopg_pool.ConnectionPool(bench.conninfo(), kwargs={"password": bench.static_token},
-                                                  check=check, **sizes),
+        "raw, no check": raw_pool(check=None),
+        "lakebase, check_connection": lakebase.ConnectionPool(settings=bench.settings, workspace_client=w,
+                                                              check=check, **sizes),
+        "raw, check_connection": raw_pool(check=check),
     }
     tps: dict[str, list[float]] = {name: [] for name in pools}
     ratios: dict[str, list[float]] = {pair: [] for pair in PAIRS}
@@ -270,7 +281,6 @@ def throughput(bench: Bench, rounds: int, seconds: float) -> dict[str, Any]:
         "pool_size": THROUGHPUT_POOL, "threads": THROUGHPUT_THREADS, "rounds": rounds, "seconds": seconds,
         "tps": {k: [round(x) for x in v] for k, v in tps.items()},
         "median_tps": {k: round(v) for k, v in med.items()},
-        "ratio_defaults": round(med["lakebase, check (default)"] / med["raw, no check"], 3),
     }
     for pair, values in ratios.items():
         key = pair.replace(" ", "_")
@@ -289,13 +299,15 @@ def checkout_cost(bench: Bench, batches: int, per_batch: int) -> dict[str, Any]:
                                             min_size=1, max_size=1),
         "raw": psycopg_pool.ConnectionPool(bench.conninfo(), kwargs={"password": bench.static_token},
                                            min_size=1, max_size=1),
+        "lakebase_default": lakebase.ConnectionPool(settings=bench.settings, workspace_client=bench.client(),
+                                                    min_size=1, max_size=1),
     }
     per: dict[str, list[float]] = {name: [] for name in pools}
     try:
         for pool in pools.values():
             pool.wait(30)
         for b in range(batches):
-            for name in (("lakebase", "raw") if b % 2 == 0 else ("raw", "lakebase")):
+            for name in (list(pools) if b % 2 == 0 else list(reversed(pools))):
                 pool = pools[name]
                 t = time.perf_counter()
                 for _ in range(per_batch):
@@ -419,6 +431,34 @@ def async_lag(bench: Bench, rounds: int, seconds: float) -> dict[str, Any]:
 
 
 # ---- report ------------------------------------------------------------------------------------------------
+def throughput_rows(tp: dict[str, Any]) -> list[str]:
+    labels = {"defaults": ("each library's defaults", "lakebase, defaults", "raw, defaults",
+                           "lakebase: socket check; psycopg_pool: none"),
+              "no check": ("no check on either", "lakebase, no check", "raw, no check", ""),
+              "check": ("`check_connection` (a round trip) on both", "lakebase, check_connection",
+                        "raw, check_connection", "")}
+    rows = []
+    for pair, (label, lib, raw, note) in labels.items():
+        key = pair.replace(" ", "_")
+        lo, hi = tp[f"ratio_{key}_p25_p75"]
+        rows.append(f"| 3 | pooled SELECT 1/s, {label} ({tp['rounds']} pairs of {tp['seconds']:g} s runs"
+                    f"{'; ' + note if note else ''}) | {tp['median_tps'][lib]} | {tp['median_tps'][raw]} "
+                    f"(psycopg_pool) | {tp[f'ratio_{key}']:.3f} (p25-p75 {lo:.2f}-{hi:.2f}) | >= 0.97 |")
+    return rows
+
+
+def throughput_table(tp: dict[str, Any]) -> str:
+    co = tp["checkout"]
+    return "\n".join([
+        "| # | measure | lakebase | baseline | ratio | goal |", "|---|---|---|---|---|---|", *throughput_rows(tp),
+        f"| 3 | one checkout + return, no query, no check, 1 thread (median of {co['batches']} batches) | "
+        f"{co['lakebase_us']:.2f} µs | {co['raw_us']:.2f} µs | {co['lakebase_us'] - co['raw_us']:+.2f} µs | |",
+        f"| 3 | the same with lakebase's default check (`check_liveness`: one `poll()`) | "
+        f"{co['lakebase_default_us']:.2f} µs | {co['raw_us']:.2f} µs (no check) | "
+        f"{co['lakebase_default_us'] - co['raw_us']:+.2f} µs | |",
+    ])
+
+
 def table(r: dict[str, Any]) -> str:
     ch = r["churn"]
     lb, tut, lb10 = ch["lakebase"], ch["tutorial"], ch["lakebase_ttl10"]
@@ -444,17 +484,12 @@ def table(r: dict[str, Any]) -> str:
         f"| 2 | new connection, warm cache, median ({lat['connects_each']} each, alternating) | "
         f"{lat['lakebase']['median_ms']:.2f} ms | {lat['raw']['median_ms']:.2f} ms (psycopg, static token) | "
         f"{lat['ratio_median']:.3f} | <= 1.05 |",
-        f"| 3 | pooled SELECT 1/s, no check on either ({tp['rounds']} pairs of {tp['seconds']:g} s runs) | "
-        f"{tp['median_tps']['lakebase, no check']} | {tp['median_tps']['raw, no check']} (psycopg_pool) | "
-        f"{tp['ratio_no_check']:.3f} (p25-p75 {tp['ratio_no_check_p25_p75'][0]:.2f}-"
-        f"{tp['ratio_no_check_p25_p75'][1]:.2f}) | >= 0.97 |",
-        f"| 3 | pooled SELECT 1/s, `check_connection` on both | {tp['median_tps']['lakebase, check (default)']} | "
-        f"{tp['median_tps']['raw, check']} | {tp['ratio_check']:.3f} (p25-p75 {tp['ratio_check_p25_p75'][0]:.2f}-"
-        f"{tp['ratio_check_p25_p75'][1]:.2f}) | >= 0.97 |",
-        f"| 3 | pooled SELECT 1/s, each library's defaults | {tp['median_tps']['lakebase, check (default)']} | "
-        f"{tp['median_tps']['raw, no check']} | {tp['ratio_defaults']:.3f} | |",
+        *throughput_rows(tp),
         f"| 3 | one checkout + return, no query, 1 thread (median of {co['batches']} batches) | "
         f"{co['lakebase_us']:.2f} µs | {co['raw_us']:.2f} µs | {co['lakebase_us'] - co['raw_us']:+.2f} µs | |",
+        f"| 3 | the same with lakebase's default check (`check_liveness`: one `poll()`) | "
+        f"{co['lakebase_default_us']:.2f} µs | {co['raw_us']:.2f} µs (no check) | "
+        f"{co['lakebase_default_us'] - co['raw_us']:+.2f} µs | |",
     ]
     lag = r["async_lag"]
     lines += [
@@ -485,11 +520,15 @@ def table(r: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short durations: a smoke run, numbers mean nothing")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="part 3 only (pooled throughput and checkout cost): results/library_throughput.*")
+    ap.add_argument("--rounds", type=int, help="part 3: pairs of runs per variant (default 20, --quick 4)")
     args = ap.parse_args()
     q = args.quick
     churn_seconds = 5.0 if q else 60.0
     connects = 30 if q else 300
     tp_rounds, tp_seconds = (4, 0.5) if q else (20, 0.5)
+    tp_rounds = args.rounds or tp_rounds
     lag_rounds, lag_seconds = (1, 3.0) if q else (2, 7.0)
 
     scrub_environment()
@@ -505,6 +544,13 @@ def main() -> None:
         token = w.postgres.generate_database_credential(endpoint=emu.endpoint_name).token
         bench = Bench(emu, settings, raw, token)
 
+        if args.throughput_only:
+            print("3. pooled throughput ...", flush=True)
+            results["throughput"] = throughput(bench, tp_rounds, tp_seconds)
+            results["throughput"]["checkout"] = checkout_cost(bench, 4 if q else 40, 1000 if q else 5000)
+            results["emulator_stats"] = emu.stats()
+            write_results("library_throughput", results, throughput_table(results["throughput"]))
+            return
         print("2. connect latency ...", flush=True)
         results["connect_latency"] = connect_latency(bench, connects)
         print("3. pooled throughput ...", flush=True)

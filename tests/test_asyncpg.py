@@ -18,12 +18,14 @@ import pytest
 import lakebase
 import lakebase.asyncpg
 from lakebase import AuthenticationFailed, ConfigurationError, ConnectionFailed, _sdk
+from lakebase._liveness import READABLE, asyncpg_state
 from lakebase.connector import get_connector
 from lakebase.emulator import Emulator
 from lakebase.retry import Kind, classify
 
 from .conftest import owner_connect
-from .lakebase_support import isolated_registries, issued, m2m_client, pat_client
+from .lakebase_support import isolated_registries, issued, m2m_client, pat_client, wait_for
+from .test_psycopg import FAULTS, end_every_session
 
 
 @pytest.fixture(autouse=True)
@@ -189,7 +191,10 @@ async def test_a_pool_rides_through_restart_and_scale_to_zero(emulator: Emulator
     errors: list[BaseException] = []
     async with lakebase.asyncpg.create_pool(min_size=3, max_size=3) as pool:
         for fault in (emulator.restart, emulator.suspend):
-            assert await asyncio.to_thread(fault) >= 1  # the pool's sessions were ended
+            assert await asyncio.to_thread(fault) >= 1  # the pool's sessions were ended...
+            # ...and their ends reached the client (the fault API returns once Postgres was told to end
+            # them): the default pre-ping sees what the server sent, it does not ask.
+            await asyncio.to_thread(wait_for, lambda: emulator.stats()["active_sessions"] == 0)
 
             async def work() -> None:
                 try:
@@ -227,7 +232,8 @@ async def test_the_pre_ping_honours_the_acquire_timeout(emulator: Emulator, app_
     import os
     import signal
 
-    async with lakebase.asyncpg.create_pool(min_size=1, max_size=1) as pool:
+    # A silent server sends no goodbye: only the round trip (pre_ping="query") can tell.
+    async with lakebase.asyncpg.create_pool(min_size=1, max_size=1, pre_ping="query") as pool:
         async with pool.acquire() as conn:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
         os.kill(pid, signal.SIGSTOP)  # the backend is there but answers nothing
@@ -240,6 +246,63 @@ async def test_the_pre_ping_honours_the_acquire_timeout(emulator: Emulator, app_
             os.kill(pid, signal.SIGCONT)
         async with pool.acquire(timeout=10) as conn:  # the pool recovers with a new connection
             assert await conn.fetchval("SELECT pg_backend_pid()") != pid
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("pre_ping", [True, False])
+async def test_the_default_pre_ping_replaces_sessions_the_server_ended(emulator: Emulator, app_env: dict[str, str],
+                                                                       fault: str, pre_ping: bool) -> None:
+    """Zero errors with the default pre-ping; without one (pre_ping=False), the dead session is
+    handed out: what the pre-ping prevents."""
+    async with lakebase.asyncpg.create_pool(min_size=2, max_size=2, pre_ping=pre_ping) as pool:
+        conns = [await pool.acquire() for _ in range(2)]
+        dead = {await c.fetchval("SELECT pg_backend_pid()") for c in conns}
+        for c in conns:
+            await pool.release(c)
+        # Block the loop meanwhile, as a busy application might: asyncpg has not read the goodbye yet.
+        end_every_session(emulator, fault)
+        if not pre_ping:
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+                async with pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            return
+        for _ in range(4):
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT pg_backend_pid()") not in dead
+
+
+async def test_the_default_pre_ping_costs_no_round_trip(emulator: Emulator, app_env: dict[str, str]) -> None:
+    """The server's view: a session's ``pg_stat_activity.query`` is the last statement it ran. After
+    an acquire with the default pre-ping it is still the pool's reset on release; with
+    pre_ping="query" (the control) it is the ping."""
+    for pre_ping in (True, "query"):
+        async with lakebase.asyncpg.create_pool(min_size=1, max_size=1, pre_ping=pre_ping) as pool:
+            async with pool.acquire() as conn:
+                pid = await conn.fetchval("SELECT pg_backend_pid()")
+            async with pool.acquire() as conn:
+                with owner_connect(emulator, autocommit=True) as owner:
+                    row = owner.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            assert row is not None and (row[0] == "SELECT 1") is (pre_ping == "query"), row
+
+
+async def test_a_pending_notification_does_not_cost_the_connection(emulator: Emulator,
+                                                                   app_env: dict[str, str]) -> None:
+    """asyncpg's pool UNLISTENs on release by default; with a reset that keeps LISTEN, a notification
+    can wait on an idle pooled connection: it must not cost the connection."""
+    async def keep_listening(conn: Any) -> None:
+        pass
+
+    async with lakebase.asyncpg.create_pool(min_size=1, max_size=1, reset=keep_listening) as pool:
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            await conn.execute("LISTEN lakebase_asyncpg_check")
+        with owner_connect(emulator, autocommit=True) as other:  # the loop is blocked: asyncpg reads nothing
+            other.execute("NOTIFY lakebase_asyncpg_check, 'hello'")
+            raw = pool._holders[0]._con
+            wait_for(lambda: asyncpg_state(raw) == READABLE)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same connection
+        assert pool.discarded == 0
 
 
 async def test_a_pool_rotates_tokens_with_zero_errors(emulator: Emulator, app_env: dict[str, str]) -> None:

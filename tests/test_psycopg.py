@@ -346,7 +346,7 @@ def test_a_pool_shares_one_token_and_has_lakebase_defaults(emulator: Emulator,
     before = issued(emulator)
     with lakebase.ConnectionPool(min_size=3, max_size=6, open=True) as pool:
         pool.wait()
-        assert pool._check is psycopg_pool.ConnectionPool.check_connection
+        assert pool._check is lakebase.ConnectionPool.check_liveness  # no round trip (see below)
         assert pool.max_lifetime == 3600 and pool.max_idle == 600 and pool.name == "lakebase-primary"
 
         def work(_: int) -> str:
@@ -368,6 +368,9 @@ def test_a_pool_rides_through_restart_and_scale_to_zero(emulator: Emulator, app_
         pool.wait()
         for fault in (emulator.restart, emulator.suspend):
             fault()
+            # The default check sees what the server sent: wait until the sessions' ends reached the
+            # client (the fault API returns once Postgres was told to end them, not once they ended).
+            wait_for(lambda: emulator.stats()["active_sessions"] == 0)
             for _ in range(6):  # terminated connections are checked out of the pool and replaced
                 with pool.connection() as conn:
                     assert current_user(conn) == emulator.app.name
@@ -428,7 +431,7 @@ def test_an_async_pool(emulator: Emulator, app_env: dict[str, str]) -> None:
     async def main() -> set[str]:
         async with lakebase.AsyncConnectionPool(min_size=2, max_size=5, open=False) as pool:
             await pool.open(wait=True)
-            assert pool._check is psycopg_pool.AsyncConnectionPool.check_connection
+            assert pool._check is lakebase.AsyncConnectionPool.check_liveness
 
             async def work() -> str:
                 async with pool.connection() as conn:
@@ -439,6 +442,7 @@ def test_an_async_pool(emulator: Emulator, app_env: dict[str, str]) -> None:
 
             users = set(await asyncio.gather(*(work() for _ in range(40))))
             emulator.restart()
+            wait_for(lambda: emulator.stats()["active_sessions"] == 0)  # the sessions' ends reached the client
             users |= set(await asyncio.gather(*(work() for _ in range(10))))
             assert pool.stats()["credentials"]["mints"] == 1
             return users
@@ -460,6 +464,121 @@ def test_an_async_pool_that_cannot_connect_says_why(emulator: Emulator, user_env
             assert isinstance(info.value.__cause__, CredentialsUnavailable)
 
     asyncio.run(main())
+
+
+# ---- the pools' default check: the server's goodbye, without a round trip ---------------------------
+FAULTS = ("restart", "suspend", "idle timeout", "max lifetime")
+
+
+def end_every_session(emulator: Emulator, fault: str) -> None:
+    """End every session the way ``fault`` does, and wait until the emulator has seen them end (so
+    that the server's goodbye is on the clients' sockets)."""
+    emulator.configure(restart_seconds=0.3)
+    before = emulator.stats()["sessions_terminated"]
+    if fault == "restart":
+        emulator.restart()
+    elif fault == "suspend":
+        emulator.suspend()
+    elif fault == "idle timeout":
+        emulator.configure(idle_timeout_seconds=0.3)
+    else:
+        emulator.configure(max_lifetime_seconds=0.3)
+    wait_for(lambda: emulator.stats()["sessions_terminated"] > before and emulator.stats()["active_sessions"] == 0)
+    emulator.configure(idle_timeout_seconds=86400, max_lifetime_seconds=259200)  # new sessions may live
+
+
+def pooled_pids(pool: psycopg_pool.ConnectionPool[Any], n: int) -> set[int]:
+    conns = [pool.getconn() for _ in range(n)]
+    try:
+        return {c.info.backend_pid for c in conns}
+    finally:
+        for c in conns:
+            pool.putconn(c)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_the_default_check_replaces_sessions_the_server_ended(emulator: Emulator, app_env: dict[str, str],
+                                                              fault: str) -> None:
+    with lakebase.ConnectionPool(min_size=2, max_size=2, open=True) as pool:
+        pool.wait()
+        dead = pooled_pids(pool, 2)
+        end_every_session(emulator, fault)
+        for _ in range(4):  # zero errors: both dead connections are replaced before they are handed out
+            with pool.connection() as conn:
+                assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] not in dead  # type: ignore[index]
+        assert pool.get_stats()["connections_lost"] == 2
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_without_a_check_the_pool_hands_out_sessions_the_server_ended(emulator: Emulator,
+                                                                      app_env: dict[str, str], fault: str) -> None:
+    """What the default check prevents (the test above would fail this way with check=None)."""
+    with lakebase.ConnectionPool(min_size=1, max_size=1, check=None, open=True) as pool:
+        pool.wait()
+        end_every_session(emulator, fault)
+        with pytest.raises(psycopg.OperationalError):
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+
+
+def test_the_default_check_costs_no_round_trip(emulator: Emulator, app_env: dict[str, str], tmp_path: Any) -> None:
+    """libpq's own trace of every protocol message: a checkout with the default check sends nothing;
+    with check_connection (the round trip, still available) it sends a query."""
+    options: dict[str, Any]
+    for options, expect_query in (({}, False), ({"check": lakebase.ConnectionPool.check_connection}, True)):
+        with lakebase.ConnectionPool(min_size=1, max_size=1, open=True, **options) as pool:
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+                pooled = conn
+            trace = tmp_path / f"trace-{expect_query}"
+            with open(trace, "w") as out:
+                pooled.pgconn.trace(out.fileno())
+                with pool.connection() as conn:
+                    assert conn is pooled
+                pooled.pgconn.untrace()
+            assert ("\tQuery\t" in trace.read_text()) is expect_query, trace.read_text()
+
+
+def test_a_pending_notification_does_not_cost_the_connection(emulator: Emulator, app_env: dict[str, str]) -> None:
+    from lakebase._liveness import READABLE, psycopg_state
+
+    with lakebase.ConnectionPool(min_size=1, max_size=1, kwargs={"autocommit": True}, open=True) as pool:
+        with pool.connection() as conn:
+            conn.execute("LISTEN lakebase_pool_check")
+            pid, pooled = conn.info.backend_pid, conn
+        with lakebase.connect(autocommit=True) as other:
+            other.execute("NOTIFY lakebase_pool_check, 'hello'")
+        wait_for(lambda: psycopg_state(pooled) == READABLE)  # the notification waits on the idle socket
+        with pool.connection() as conn:
+            assert conn.info.backend_pid == pid  # the same connection, not a replacement
+            got = [(n.channel, n.payload) for n in conn.notifies(timeout=1, stop_after=1)]
+        assert got == [("lakebase_pool_check", "hello")]  # and the application still gets its notification
+        assert pool.get_stats().get("connections_lost", 0) == 0
+
+
+@pytest.mark.parametrize("check", ["default", None])
+def test_an_async_pool_replaces_sessions_the_server_ended(emulator: Emulator, app_env: dict[str, str],
+                                                          check: str | None) -> None:
+    options = {} if check == "default" else {"check": None}
+
+    async def main() -> None:
+        async with lakebase.AsyncConnectionPool(min_size=2, max_size=2, open=False, **options) as pool:
+            await pool.open(wait=True)
+            conns = [await pool.getconn() for _ in range(2)]
+            dead = {c.info.backend_pid for c in conns}
+            for c in conns:
+                await pool.putconn(c)
+            await asyncio.to_thread(end_every_session, emulator, "restart")
+            for _ in range(4):
+                async with pool.connection() as conn:
+                    cur = await conn.execute("SELECT pg_backend_pid()")
+                    assert (await cur.fetchone())[0] not in dead  # type: ignore[index]
+
+    if check is None:
+        with pytest.raises(psycopg.OperationalError):
+            asyncio.run(main())
+    else:
+        asyncio.run(main())
 
 
 # ---- observability and the canary ------------------------------------------------------------------

@@ -13,17 +13,20 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import lakebase
 from lakebase import AuthenticationFailed, ConfigurationError
+from lakebase._liveness import READABLE, psycopg_state
 from lakebase.emulator import Emulator
 from lakebase.sqlalchemy import connector_of, create_async_engine, create_engine
 from lakebase.transactions import run_transaction, run_transaction_async
 
-from .lakebase_support import isolated_registries, issued, m2m_client
+from .lakebase_support import isolated_registries, issued, m2m_client, wait_for
 from .test_asyncpg import record_api_calls
+from .test_psycopg import FAULTS, end_every_session
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +49,8 @@ def test_an_app_engine_with_no_arguments(emulator: Emulator, app_env: dict[str, 
     engine = create_engine()
     try:
         assert engine.dialect.driver == "psycopg"
-        assert engine.pool._pre_ping and engine.pool._recycle == 2700  # Lakebase defaults
+        assert engine.pool._recycle == 2700  # Lakebase defaults: recycling, and the socket check...
+        assert not engine.pool._pre_ping and len(engine.pool.dispatch.checkout) == 1  # ...not a ping
         assert "@localhost" in str(engine.url) and engine.url.password is None
         with engine.connect() as conn:
             row = conn.execute(text("SELECT current_user, current_setting('application_name'), "
@@ -63,10 +67,17 @@ def test_an_owner_engine_and_overridable_defaults(emulator: Emulator, user_env: 
                            connect_args={"options": "-c statement_timeout=1234"})
     try:
         assert not engine.pool._pre_ping and engine.pool._recycle == 60 and engine.pool.size() == 2
+        assert len(engine.pool.dispatch.checkout) == 1  # the socket check stays
         assert whoami(engine) == emulator.owner.name
         with engine.connect() as conn:
             assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "1234ms"
         assert connector_of(engine).stats()["credentials"]["mints"] == 1
+    finally:
+        engine.dispose()
+    engine = create_engine(pool_pre_ping=True)  # a round trip on every checkout instead of the socket check
+    try:
+        assert engine.pool._pre_ping and len(engine.pool.dispatch.checkout) == 0
+        assert whoami(engine) == emulator.owner.name
     finally:
         engine.dispose()
 
@@ -173,13 +184,127 @@ def test_an_engine_rotates_tokens_with_zero_errors(emulator: Emulator, app_env: 
     assert errors == [] and len(used) >= 3
 
 
+# ---- the engines' default check: the server's goodbye, without a round trip ----------------------
+def without_checks(engine: Engine) -> Engine:
+    for listener in list(engine.pool.dispatch.checkout):
+        event.remove(engine, "checkout", listener)
+    return engine
+
+
+def pid_of(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_the_default_check_replaces_sessions_the_server_ended(emulator: Emulator, app_env: dict[str, str],
+                                                              fault: str) -> None:
+    engine = create_engine(pool_size=2)
+    try:
+        conns = [engine.connect() for _ in range(2)]
+        dead = {c.execute(text("SELECT pg_backend_pid()")).scalar_one() for c in conns}
+        for c in conns:
+            c.close()
+        end_every_session(emulator, fault)
+        for _ in range(4):  # zero errors, no retry: dead connections are replaced on checkout
+            assert pid_of(engine) not in dead
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_without_a_check_the_engine_hands_out_sessions_the_server_ended(emulator: Emulator,
+                                                                        app_env: dict[str, str],
+                                                                        fault: str) -> None:
+    """What the default check prevents (the test above fails this way without it)."""
+    engine = without_checks(create_engine(pool_size=1))
+    try:
+        pid_of(engine)
+        end_every_session(emulator, fault)
+        with pytest.raises(DBAPIError) as info:
+            pid_of(engine)
+        assert info.value.connection_invalidated
+    finally:
+        engine.dispose()
+
+
+def test_the_default_check_costs_no_round_trip(emulator: Emulator, app_env: dict[str, str], tmp_path: Any) -> None:
+    """libpq's trace of every protocol message: the checkout itself sends nothing (pool_pre_ping=True,
+    the control, sends a query)."""
+    options: dict[str, Any]
+    for options, pre_ping in (({}, False), ({"pool_pre_ping": True}, True)):
+        engine = create_engine(pool_size=1, **options)
+        try:
+            with engine.connect() as conn:
+                dbapi = conn.connection.dbapi_connection
+                conn.execute(text("SELECT 1"))
+            trace = tmp_path / f"trace-{pre_ping}"
+            with open(trace, "w") as out:
+                dbapi.pgconn.trace(out.fileno())  # type: ignore[union-attr]
+                with engine.connect() as conn:
+                    assert conn.connection.dbapi_connection is dbapi
+                dbapi.pgconn.untrace()  # type: ignore[union-attr]
+            queries = [line for line in trace.read_text().splitlines() if "\tQuery\t" in line]
+            assert bool(queries) is pre_ping, queries
+        finally:
+            engine.dispose()
+
+
+def test_a_pending_notification_does_not_cost_the_connection(emulator: Emulator, app_env: dict[str, str]) -> None:
+    engine = create_engine(pool_size=1, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("LISTEN lakebase_engine_check"))
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            dbapi = conn.connection.dbapi_connection
+        with lakebase.connect(autocommit=True) as other:
+            other.execute("NOTIFY lakebase_engine_check, 'hello'")
+        wait_for(lambda: psycopg_state(dbapi) == READABLE)  # the notification waits on the idle socket
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid  # not replaced
+            driver = conn.connection.dbapi_connection
+            got = [(n.channel, n.payload) for n in driver.notifies(timeout=1, stop_after=1)]  # type: ignore[union-attr]
+        assert got == [("lakebase_engine_check", "hello")]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("url", [None, "postgresql+asyncpg://"])
+@pytest.mark.parametrize("check", [True, False])
+async def test_an_async_engine_replaces_sessions_the_server_ended(emulator: Emulator, app_env: dict[str, str],
+                                                                  url: str | None, check: bool) -> None:
+    engine = create_async_engine(url, pool_size=2)
+    if not check:
+        without_checks(engine.sync_engine)
+
+    async def pid() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    try:
+        conns = [await engine.connect() for _ in range(2)]
+        dead = {(await c.execute(text("SELECT pg_backend_pid()"))).scalar_one() for c in conns}
+        for c in conns:
+            await c.close()
+        await asyncio.to_thread(end_every_session, emulator, "restart")
+        if not check:
+            with pytest.raises(DBAPIError):
+                await pid()
+            return
+        for _ in range(4):
+            assert await pid() not in dead
+    finally:
+        await engine.dispose()
+
+
 # ---- async engine --------------------------------------------------------------------------------
 @pytest.mark.parametrize("url", [None, "postgresql+asyncpg://"])
 async def test_an_app_async_engine(emulator: Emulator, app_env: dict[str, str], url: str | None) -> None:
     engine = create_async_engine(url)
     try:
         assert engine.dialect.driver == ("asyncpg" if url else "psycopg")
-        assert engine.sync_engine.pool._pre_ping and engine.sync_engine.pool._recycle == 2700
+        pool = engine.sync_engine.pool
+        assert not pool._pre_ping and len(pool.dispatch.checkout) == 1 and pool._recycle == 2700
         async with engine.connect() as conn:
             row = (await conn.execute(text("SELECT current_user, count(*) FROM notes"))).one()
             assert row[0] == emulator.app.name and row[1] >= 3

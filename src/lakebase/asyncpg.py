@@ -23,8 +23,9 @@ as a context or a safe mode; anything that allows plaintext is refused, as is ``
 
 The pool is an ``asyncpg.Pool`` (``connect=`` hook, asyncpg >= 0.30) with two Lakebase defaults:
 ``pre_ping`` (a connection ended by a restart or scale to zero is replaced on ``acquire`` instead of
-failing the caller's first query) and ``max_lifetime`` (connections are closed well before
-Lakebase's 3-day limit).
+failing the caller's first query; by default without a round trip, from the connection's socket, see
+:mod:`lakebase._liveness`) and ``max_lifetime`` (connections are closed well before Lakebase's
+3-day limit).
 
 Known limit: asyncpg has no ``hostaddr``, so the DNS fallback of the psycopg integration (long
 hostnames on macOS) does not apply; the host name must resolve.
@@ -45,6 +46,7 @@ from ._extras import requires_extra
 with requires_extra("asyncpg", __name__):
     import asyncpg
 
+from ._liveness import CLOSED, QUIET, asyncpg_state
 from ._telemetry import event
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
@@ -60,6 +62,8 @@ SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sourc
 MAX_LIFETIME = 3600.0
 #: The least time a pre-ping gets, however little is left of the caller's acquire timeout.
 PING_TIMEOUT_MIN = 0.05
+#: ``pre_ping`` values: the socket check (True, the default), ``SELECT 1`` on every acquire, none.
+PRE_PINGS = {True: "liveness", "liveness": "liveness", "query": "query", False: None, None: None}
 
 # asyncpg.create_pool's own defaults (min_size, max_size, max_inactive_connection_lifetime, ...):
 # asyncpg.Pool() has none, and they differ between asyncpg versions.
@@ -209,13 +213,18 @@ class Pool(asyncpg.Pool):
 
     ``connector`` is the lakebase connector; ``stats()`` its counters plus the connections this pool
     replaced (``discarded``: found dead by the pre-ping, ``recycled``: past ``max_lifetime``).
+    ``pre_ping`` is ``"liveness"`` (the default), ``"query"`` or None (see :func:`create_pool`).
     """
 
-    def __init__(self, *args: Any, connector: Connector, pre_ping: bool = True,
+    def __init__(self, *args: Any, connector: Connector, pre_ping: bool | str | None = True,
                  max_lifetime: float | None = MAX_LIFETIME, **kwargs: Any) -> None:
+        if pre_ping not in PRE_PINGS:
+            raise ConfigurationError(f"pre_ping={pre_ping!r} is not a pre-ping", setting="pre_ping",
+                                     value=pre_ping, fix="use True (the socket check), 'query' (SELECT 1 "
+                                     "on every acquire) or False")
         super().__init__(*args, **kwargs)
         self.connector = connector
-        self.pre_ping = pre_ping
+        self.pre_ping = PRE_PINGS[pre_ping]
         self.max_lifetime = max_lifetime
         self.discarded = 0
         self.recycled = 0
@@ -245,6 +254,17 @@ class Pool(asyncpg.Pool):
                 continue
             if not self.pre_ping or serial > logins:  # logged in while we waited: no need to ping
                 return proxy
+            state = asyncpg_state(conn) if self.pre_ping == "liveness" and conn is not None else None
+            if state == QUIET:  # nothing arrived on the idle connection: no round trip
+                return proxy
+            if state == CLOSED:
+                self.discarded += 1
+                event(log, logging.INFO, "pool.discarded",
+                      f"a pooled connection to {self.connector.describe()} was closed by the server; "
+                      "replacing it", target=self.connector.describe(), error="closed")
+                await self._drop(proxy, "closed", graceful=False)
+                continue
+            # something arrived while it was idle (the server's goodbye, or a NOTIFY): a round trip decides
             ping_timeout = self.connector.settings.connect_timeout
             if expires is not None:  # the caller's acquire timeout covers the ping too
                 ping_timeout = min(ping_timeout, max(PING_TIMEOUT_MIN, expires - time.monotonic()))
@@ -288,15 +308,17 @@ class Pool(asyncpg.Pool):
 
 
 def create_pool(*, settings: Settings | None = None, workspace_client: Any = None,
-                credentials: CredentialCache | None = None, pre_ping: bool = True,
+                credentials: CredentialCache | None = None, pre_ping: bool | str | None = True,
                 max_lifetime: float | None = MAX_LIFETIME, **kwargs: Any) -> Pool:
     """An asyncpg pool of Lakebase connections: ``pool = await create_pool(...)`` or ``async with``.
 
     Arguments named like :class:`~lakebase.Settings` fields configure the target; asyncpg's pool
     arguments (``min_size``, ``max_size``, ``max_inactive_connection_lifetime``, ``setup``, ``init``,
     ``reset``, ``connection_class``, ...) keep asyncpg's defaults; the rest go to each connect like
-    :func:`connect`'s. ``pre_ping`` (default on) checks a connection with ``SELECT 1`` on acquire and
-    replaces it if the server ended it (within ``acquire(timeout=...)``, which covers the check);
+    :func:`connect`'s. ``pre_ping`` checks a connection on acquire and replaces it if the server ended
+    it (within ``acquire(timeout=...)``, which covers the check): ``True`` (the default) looks at its
+    socket, no round trip (``SELECT 1`` only when something arrived while it was idle); ``"query"``
+    runs ``SELECT 1`` on every acquire, for networks that drop connections silently; ``False``: no check.
     ``max_lifetime`` (seconds, default 3600, None for no limit)
     closes older connections on acquire.
     """

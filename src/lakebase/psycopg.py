@@ -7,10 +7,13 @@ then the environment; everything else is passed to psycopg (``autocommit``, ``ro
 ``options``, ...) or, for the pools, to psycopg_pool (``min_size``, ``max_size``, ``timeout``, ...).
 
 The pools are psycopg_pool pools whose new connections always carry a valid token, with
-Lakebase-aware defaults (:data:`POOL_DEFAULTS`). When a pool cannot connect, ``getconn()`` and
-``wait()`` raise :class:`PoolTimeout` (a ``psycopg_pool.PoolTimeout`` and a
-:class:`~lakebase.LakebaseError`) naming the cause (token API down, role missing, permission
-denied...) with the last connect error chained, instead of a bare timeout.
+Lakebase-aware defaults (:data:`POOL_DEFAULTS`). Their default ``check`` is :func:`check_liveness`: a
+connection the server ended (restart, scale to zero, idle or lifetime limit) is replaced before it is
+handed out, without the round trip of psycopg_pool's ``check_connection`` (still available:
+``check=ConnectionPool.check_connection``, for networks that drop connections silently).
+When a pool cannot connect, ``getconn()`` and ``wait()`` raise :class:`PoolTimeout` (a
+``psycopg_pool.PoolTimeout`` and a :class:`~lakebase.LakebaseError`) naming the cause (token API
+down, role missing, permission denied...) with the last connect error chained, instead of a bare timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ with requires_extra("psycopg", __name__):
     import psycopg_pool
     from psycopg.conninfo import conninfo_to_dict
 
+from ._liveness import CLOSED, QUIET, psycopg_state
 from ._redact import redact, safe_conninfo
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
@@ -41,8 +45,8 @@ SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sourc
 #: TCP keepalives: notice a dead peer (a restarted compute, a dropped NAT entry) within ~1 minute.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
-#: Pool defaults: check connections before handing them out (a restart or scale-to-zero ends
-#: sessions), recycle them well before Lakebase's 3-day maximum life and its 24 h idle timeout.
+#: Pool defaults (with ``check=``:func:`check_liveness`): recycle connections well before Lakebase's
+#: 3-day maximum life and its 24 h idle timeout.
 POOL_DEFAULTS: dict[str, Any] = {
     "max_lifetime": 3600.0,
     "max_idle": 600.0,
@@ -208,6 +212,37 @@ class _LastError:
         return timeout
 
 
+def check_liveness(conn: psycopg.Connection[Any]) -> None:
+    """The pools' default ``check``: raise if the server ended ``conn``'s session, without a round trip.
+
+    A session ended by the server (restart, scale to zero, idle timeout, maximum lifetime) leaves its
+    goodbye (FATAL 57P01, then the end of the stream) on the socket: a connection whose socket has
+    nothing to read is handed out as is; one that is closed fails; one on which something arrived
+    while idle gets psycopg_pool's round-trip ``check_connection``, which reads what arrived (a
+    ``NOTIFY`` is queued for ``conn.notifies()`` and the connection stays). A peer that went silent is
+    found by TCP keepalives (on by default), not by this check; for networks that drop connections
+    without a word, use ``check=ConnectionPool.check_connection`` (a round trip on every checkout).
+    """
+    state = psycopg_state(conn)
+    if state == QUIET:
+        return
+    if state == CLOSED:
+        raise psycopg.OperationalError("the connection is closed (the server ended the session); "
+                                       "the pool replaces it")
+    psycopg_pool.ConnectionPool.check_connection(conn)
+
+
+async def check_liveness_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The asyncio twin of :func:`check_liveness` (the async pools' default ``check``)."""
+    state = psycopg_state(conn)
+    if state == QUIET:
+        return
+    if state == CLOSED:
+        raise psycopg.OperationalError("the connection is closed (the server ended the session); "
+                                       "the pool replaces it")
+    await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+
 def _pool_options(options: dict[str, Any], check: Any, connector: Connector) -> dict[str, Any]:
     merged = {**POOL_DEFAULTS, "check": check, **options}
     if not merged.get("name"):
@@ -221,10 +256,13 @@ class ConnectionPool(psycopg_pool.ConnectionPool):
     Arguments named like :class:`~lakebase.Settings` fields configure the target (over the
     environment); ``settings``, ``workspace_client`` and ``credentials`` as for :func:`connect`;
     every other argument is psycopg_pool's (``conninfo``, ``kwargs``, ``min_size``, ``max_size``,
-    ``open``, ``timeout``, ...). Defaults: ``check=ConnectionPool.check_connection``,
-    ``max_lifetime=3600``, ``max_idle=600``, a ``name`` after the endpoint. ``stats()`` adds the
-    lakebase counters to ``get_stats()``.
+    ``open``, ``timeout``, ...). Defaults: ``check=ConnectionPool.check_liveness`` (no round trip; see
+    :func:`check_liveness`; ``check=ConnectionPool.check_connection`` for a round trip on every
+    checkout, ``check=None`` for no check), ``max_lifetime=3600``, ``max_idle=600``, a ``name`` after
+    the endpoint. ``stats()`` adds the lakebase counters to ``get_stats()``.
     """
+
+    check_liveness = staticmethod(check_liveness)
 
     def __init__(self, conninfo: Any = "", *, settings: Settings | None = None, workspace_client: Any = None,
                  credentials: CredentialCache | None = None,
@@ -235,7 +273,7 @@ class ConnectionPool(psycopg_pool.ConnectionPool):
         self._last_error = _LastError()
         pool_class = _sync_connection_class(connection_class, self.connector, self._last_error)
         super().__init__(conninfo, connection_class=pool_class,
-                         **_pool_options(pool_options, psycopg_pool.ConnectionPool.check_connection,
+                         **_pool_options(pool_options, check_liveness,
                                          self.connector))
 
     def getconn(self, timeout: float | None = None) -> Any:
@@ -263,7 +301,10 @@ class ConnectionPool(psycopg_pool.ConnectionPool):
 
 
 class AsyncConnectionPool(psycopg_pool.AsyncConnectionPool):
-    """The asyncio twin of :class:`ConnectionPool` (a psycopg_pool ``AsyncConnectionPool``)."""
+    """The asyncio twin of :class:`ConnectionPool` (a psycopg_pool ``AsyncConnectionPool``); its default
+    ``check`` is ``AsyncConnectionPool.check_liveness`` (:func:`check_liveness_async`)."""
+
+    check_liveness = staticmethod(check_liveness_async)
 
     def __init__(self, conninfo: Any = "", *, settings: Settings | None = None, workspace_client: Any = None,
                  credentials: CredentialCache | None = None,
@@ -274,7 +315,7 @@ class AsyncConnectionPool(psycopg_pool.AsyncConnectionPool):
         self._last_error = _LastError()
         pool_class = _async_connection_class(connection_class, self.connector, self._last_error)
         super().__init__(conninfo, connection_class=pool_class,
-                         **_pool_options(pool_options, psycopg_pool.AsyncConnectionPool.check_connection,
+                         **_pool_options(pool_options, check_liveness_async,
                                          self.connector))
 
     async def getconn(self, timeout: float | None = None) -> Any:

@@ -21,7 +21,10 @@ each can be overridden):
 * a token refreshed by a hand-written background task: here the credential cache refreshes ahead
   of expiry and a refused token is replaced on the spot;
 * ``pool_recycle=3600`` alone: connections ended by a restart or scale-to-zero (57P01) are handed
-  out dead. Here ``pool_pre_ping=True`` replaces them, and ``pool_recycle`` is 45 minutes;
+  out dead. Here a ``checkout`` check replaces them without a round trip (the server's goodbye is
+  on the socket: see :mod:`lakebase._liveness`; when something arrived on an idle connection, the
+  dialect's ping decides), and ``pool_recycle`` is 45 minutes. ``pool_pre_ping=True`` instead pings
+  on every checkout (a round trip), for networks that drop connections silently;
 * ``sslmode`` left to the caller: here it comes from the settings (``require`` by default) and a
   mode that allows plaintext is refused; so is a password in the URL or ``connect_args``.
 
@@ -40,9 +43,12 @@ from ._extras import requires_extra
 with requires_extra("sqlalchemy", __name__):
     import psycopg
     import sqlalchemy
+    from sqlalchemy import event
     from sqlalchemy.engine import URL, Engine, make_url
+    from sqlalchemy.exc import DisconnectionError
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._liveness import QUIET, READABLE, asyncpg_state, psycopg_state
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
 from .errors import ConfigurationError
@@ -51,12 +57,40 @@ from .psycopg import _aconnect as _psycopg_aconnect
 from .psycopg import _connect as _psycopg_connect
 from .settings import SAFE_SSLMODES, Settings
 
-#: Engine defaults: check a connection before handing it out (restarts and scale to zero end
-#: sessions with 57P01), recycle connections well before Lakebase's 3-day limit and 24 h idle timeout.
+#: Engine defaults: recycle connections well before Lakebase's 3-day limit and 24 h idle timeout.
+#: Connections are also checked before they are handed out (restarts and scale to zero end sessions
+#: with 57P01): by :func:`install_liveness_check` unless ``pool_pre_ping=True`` is given.
 ENGINE_DEFAULTS: dict[str, Any] = {
-    "pool_pre_ping": True,
     "pool_recycle": 2700,
 }
+
+
+def install_liveness_check(engine: Engine, driver: str = "psycopg") -> None:
+    """Check each connection ``engine``'s pool hands out, without a round trip (a ``checkout`` event).
+
+    A connection whose session the server ended (restart, scale to zero, idle or lifetime limit) is
+    invalidated and replaced by a new one (``DisconnectionError``); when something arrived on the idle
+    connection, the dialect's ping (one round trip) decides, so a pending ``NOTIFY`` does not cost the
+    connection. ``driver`` is ``psycopg`` or ``asyncpg``. The engines made here have it unless
+    ``pool_pre_ping=True`` was given.
+    """
+    dialect = engine.dialect
+    state_of = asyncpg_state if driver == "asyncpg" else psycopg_state
+
+    def check(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        state = state_of(getattr(dbapi_connection, "driver_connection", dbapi_connection))
+        if state == QUIET:
+            return
+        if state == READABLE:
+            try:
+                if dialect.do_ping(dbapi_connection):
+                    return
+            except Exception as exc:
+                raise DisconnectionError(f"the server ended this session ({type(exc).__name__}); "
+                                         "replacing the connection") from exc
+        raise DisconnectionError("the connection is closed (the server ended the session); replacing it")
+
+    event.listen(engine, "checkout", check)
 
 _URL_SETTINGS = {"host": "host", "port": "port", "database": "database", "username": "user"}
 
@@ -133,6 +167,8 @@ def create_engine(url: str | URL | None = None, *, settings: Settings | None = N
         return _psycopg_connect(connector, psycopg.Connection, "", connect_args)
 
     engine = sqlalchemy.create_engine(_display_url(driver, connector.settings), creator=creator, **engine_kwargs)
+    if not engine_kwargs.get("pool_pre_ping"):
+        install_liveness_check(engine, driver)
     engine.connector = connector  # type: ignore[attr-defined]
     return engine
 
@@ -166,6 +202,8 @@ def create_async_engine(url: str | URL | None = None, *, settings: Settings | No
 
     engine = sa_create_async_engine(_display_url(driver, connector.settings), async_creator=async_creator,
                                     **engine_kwargs)
+    if not engine_kwargs.get("pool_pre_ping"):
+        install_liveness_check(engine.sync_engine, driver)
     engine.sync_engine.connector = connector  # type: ignore[attr-defined]
     return engine
 
@@ -179,4 +217,4 @@ def connector_of(engine: Engine | AsyncEngine) -> Connector:
     return connector
 
 
-__all__ = ["ENGINE_DEFAULTS", "connector_of", "create_async_engine", "create_engine"]
+__all__ = ["ENGINE_DEFAULTS", "connector_of", "create_async_engine", "create_engine", "install_liveness_check"]
