@@ -42,6 +42,7 @@ DECODE_FAILED = (
 )
 LOGIN_TIMEOUT = 30.0
 REAPER_INTERVAL = 0.1
+TERMINATE_WAIT_MS = 5000  # how long ending a session may wait for its backend to exit and its client to be told
 CHUNK = 256 * 1024
 
 
@@ -422,8 +423,10 @@ class Proxy:
         ended: list[Session] = []
         try:
             for server, group in by_server.items():
-                await self.rt.admin_query("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p",
-                                          ([s.backend_pid for s in group],), server=server)
+                # Waits (up to TERMINATE_WAIT_MS) for each backend to exit, so that when a fault returns its
+                # sessions are over, not merely signalled.
+                await self.rt.admin_query("SELECT pg_terminate_backend(p, %s) FROM unnest(%s::int[]) p",
+                                          (TERMINATE_WAIT_MS, [s.backend_pid for s in group]), server=server)
                 ended += group
         except BaseException:
             for group in by_server.values():  # let a later attempt (the reaper, the next fault) try again
@@ -435,6 +438,10 @@ class Proxy:
             if ended:
                 self.rt.stats.sessions_terminated += len(ended)
                 log.info("ended %d session(s): %s", len(ended), reason)
+        # The backends are gone; let the proxy pass their FATAL and the close on to the clients.
+        deadline = time.monotonic() + TERMINATE_WAIT_MS / 1000
+        while any(s in self.sessions for s in ended) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         return len(ended)
 
     async def _reap_forever(self) -> None:
