@@ -237,7 +237,10 @@ class _Loop:
         :class:`CommitOutcomeUnknown` when the outcome cannot be learned within the deadline."""
         if not attempt.xid_known:
             return self._unknown(attempt, lost, "its transaction id never arrived")
-        if attempt.xid is None:  # the unit wrote nothing: there was nothing to commit
+        if attempt.xid is None:  # the unit wrote nothing (or was read-only): there was nothing to commit
+            event(log, logging.INFO, "transaction.commit_resolved", "the connection was lost during COMMIT of a "
+                  "transaction that wrote nothing; running the unit again", attempt=self.attempts, xid=None,
+                  status="wrote nothing")
             return False
         if status in ("committed", "aborted"):
             event(log, logging.WARNING, "transaction.commit_resolved",
