@@ -17,7 +17,11 @@ looked up are counted from the library's log events (``transaction.commit_resolv
 Then the cost of learning the transaction id before COMMIT, per driver, on one connection: a unit
 (BEGIN, INSERT, COMMIT) without and with ``SELECT pg_current_xact_id_if_assigned()`` before COMMIT
 (what the library does: one extra round trip), and for psycopg also the SELECT and the COMMIT in one
-pipeline flight; alternating, median.
+pipeline flight or in one simple query; alternating, median. Then read units (BEGIN, SELECT, COMMIT)
+through ``run_transaction(_async)`` itself on a one-connection pool/engine: as a read-write unit (the
+xid query) and with ``read_only=True`` (``BEGIN ... READ ONLY``, no xid query).
+
+    .venv/bin/python -m benchmarks.soak --cost-only --rounds 1000   # only these (results/xid_cost.*)
 
 Not a test: nothing asserts on the numbers. Results: ``results/soak.json`` and ``.md``.
 """
@@ -219,8 +223,14 @@ def xid_cost(rounds: int) -> dict[str, Any]:
             conn.commit()
         cur.fetchone()
 
+    def one_query() -> None:  # simple query protocol: one round trip, both results at once
+        conn.execute(ins)
+        cur = conn.execute(XID + "; COMMIT")
+        cur.fetchone()
+
     out["psycopg"] = _alternate({"no xid": plain, "xid, extra round trip": separate,
-                                 "xid, pipelined with COMMIT": pipelined}, rounds)
+                                 "xid, pipelined with COMMIT": pipelined, "xid; COMMIT in one query": one_query},
+                                rounds)
     conn.close()
 
     async def run_asyncpg() -> dict[str, Any]:
@@ -266,6 +276,55 @@ def xid_cost(rounds: int) -> dict[str, Any]:
     return out
 
 
+def read_cost(rounds: int) -> dict[str, Any]:
+    """Median µs per read unit (BEGIN, SELECT 1 row, COMMIT) through run_transaction(_async) on one
+    connection: read-write (the xid query before COMMIT) vs read_only=True."""
+    query = "SELECT count(*) FROM pg_class WHERE oid = 1259"
+    out: dict[str, Any] = {}
+
+    def sync_variants(target: Any, read: Any) -> dict[str, float]:
+        return _alternate({"read-write": lambda: lakebase.run_transaction(target, read),
+                           "read_only=True": lambda: lakebase.run_transaction(target, read, read_only=True)},
+                          rounds)
+
+    with lakebase.ConnectionPool(min_size=1, max_size=1, open=True) as pool:
+        out["psycopg pool"] = sync_variants(pool, lambda c: c.execute(query).fetchone())
+    engine = create_engine(pool_size=1, max_overflow=0)
+    out["SQLAlchemy engine (psycopg)"] = sync_variants(engine, lambda c: c.execute(text(query)).scalar())
+    engine.dispose()
+
+    async def run_async() -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        async with lakebase.asyncpg.create_pool(min_size=1, max_size=1) as apool:
+            variants = {"read-write": {}, "read_only=True": {"read_only": True}}
+            samples: dict[str, list[float]] = {k: [] for k in variants}
+            for _ in range(rounds):
+                for name, kwargs in variants.items():
+                    t = time.perf_counter()
+                    await lakebase.run_transaction_async(apool, lambda c: c.fetchval(query), **kwargs)
+                    samples[name].append(time.perf_counter() - t)
+            results["asyncpg pool"] = {k: _median_us(v) for k, v in samples.items()}
+        return results
+
+    out.update(asyncio.run(run_async()))
+    return out
+
+
+def cost_table(results: dict[str, Any]) -> str:
+    lines = ["Cost of the xid before COMMIT (median µs per unit: BEGIN, INSERT, COMMIT; one connection):", "",
+             "| driver | no xid | xid, extra round trip | xid, pipelined with COMMIT | xid; COMMIT in one query |",
+             "|---|---|---|---|---|"]
+    for driver, v in results["xid_cost"].items():
+        lines.append(f"| {driver} | {v['no xid']} | {v['xid, extra round trip']} | "
+                     f"{v.get('xid, pipelined with COMMIT', '')} | {v.get('xid; COMMIT in one query', '')} |")
+    lines += ["", "Read units through run_transaction(_async) (median µs per unit: BEGIN, SELECT, COMMIT; "
+              "a one-connection pool/engine):", "", "| target | read-write (xid query) | read_only=True |",
+              "|---|---|---|"]
+    for target, v in results["read_cost"].items():
+        lines.append(f"| {target} | {v['read-write']} | {v['read_only=True']} |")
+    return "\n".join(lines)
+
+
 def _alternate(variants: dict[str, Any], rounds: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
@@ -288,11 +347,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", f"Commit outcomes looked up after a lost COMMIT: {s['commit_outcomes_resolved'] or 'none'}; "
               f"retries: {s['events'].get('transaction.retry', 0)}; "
               f"unknown outcomes: {s['events'].get('transaction.commit_unknown', 0)}", "",
-              "Cost of the xid before COMMIT (median µs per unit: BEGIN, INSERT, COMMIT; one connection):", "",
-              "| driver | no xid | xid, extra round trip | xid, pipelined with COMMIT |", "|---|---|---|---|"]
-    for driver, v in results["xid_cost"].items():
-        lines.append(f"| {driver} | {v['no xid']} | {v['xid, extra round trip']} | "
-                     f"{v.get('xid, pipelined with COMMIT', '')} |")
+              cost_table(results)]
     for name, t in s["targets"].items():
         if t["failures"]:
             lines.append(f"\n{name} failures: {t['failures']}")
@@ -304,6 +359,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=3, help="threads/tasks per target")
     ap.add_argument("--rounds", type=int, default=2000, help="units per variant in the xid cost measure")
+    ap.add_argument("--cost-only", action="store_true", help="only the xid and read-only cost measures")
     args = ap.parse_args()
     for key in list(os.environ):
         if key.startswith(ENV_PREFIXES):
@@ -312,7 +368,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lakebase-bench-soak-") as tmp, EmulatorProcess(Path(tmp)) as emu:
         os.environ.update(emu.user_env)
         print("xid cost ...", flush=True)
-        results: dict[str, Any] = {"xid_cost": xid_cost(args.rounds)}
+        results: dict[str, Any] = {"xid_cost": xid_cost(args.rounds), "read_cost": read_cost(args.rounds)}
+        if args.cost_only:
+            write_results("xid_cost", results, cost_table(results))
+            return
         print("soak ...", flush=True)
         results["soak"] = soak(emu, args.seconds, args.workers)
     write_results("soak", results, table(results))

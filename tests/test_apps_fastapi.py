@@ -68,6 +68,23 @@ async def test_page_shows_recent_notes_escaped(client: httpx.AsyncClient) -> Non
     assert "default-src 'none'" in resp.headers["content-security-policy"]
 
 
+async def test_reads_run_in_read_only_transactions(client: httpx.AsyncClient, fastapi_module: ModuleType,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing runs read_only=True (no transaction id fetched before COMMIT); writes do not."""
+    seen: list[bool] = []
+    real = fastapi_module.run_transaction_async
+
+    async def spy(target: Any, fn: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("read_only", False))
+        return await real(target, fn, **kwargs)
+
+    monkeypatch.setattr(fastapi_module, "run_transaction_async", spy)
+    assert (await client.get("/")).status_code == 200
+    assert (await client.get("/api/notes")).status_code == 200
+    assert (await client.post("/api/notes", json={"content": unique()})).status_code == 201
+    assert seen == [True, True, False]
+
+
 async def test_form_add_and_delete_with_csrf(client: httpx.AsyncClient, emulator: Any) -> None:
     token = csrf_from((await client.get("/")).text)
     assert client.cookies.get("notes_csrf") == token

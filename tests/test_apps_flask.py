@@ -64,6 +64,23 @@ def test_page_shows_the_five_most_recent_notes(client: Any) -> None:
     assert html.index(added[-1]) < html.index(added[-2])  # newest first
 
 
+def test_reads_run_in_read_only_transactions(client: Any, flask_module: ModuleType,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing runs read_only=True (no transaction id fetched before COMMIT); writes do not."""
+    seen: list[bool] = []
+    real = flask_module.run_transaction
+
+    def spy(target: Any, fn: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("read_only", False))
+        return real(target, fn, **kwargs)
+
+    monkeypatch.setattr(flask_module, "run_transaction", spy)
+    assert client.get("/").status_code == 200
+    assert client.get("/api/notes").status_code == 200
+    assert client.post("/api/notes", json={"content": unique()}).status_code == 201
+    assert seen == [True, True, False]
+
+
 def test_form_adds_and_deletes_a_note(client: Any, emulator: Any) -> None:
     _, token = page_token(client)
     content = unique("from the form")

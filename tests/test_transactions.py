@@ -38,6 +38,7 @@ from lakebase.transactions import (
     retry_reason,
     run_transaction,
     run_transaction_async,
+    sqlstate,
 )
 
 from .conftest import owner_connect
@@ -143,15 +144,16 @@ def interfere(table: str) -> None:
 
 # ---- targets -------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def sync_target(kind: str) -> Iterator[Any]:
+def sync_target(kind: str, size: int = 2, **connect: Any) -> Iterator[Any]:
+    """``connect``: psycopg connection arguments (e.g. ``options``)."""
     if kind == "pool":
-        with lakebase.ConnectionPool(min_size=2, max_size=2, open=True) as pool:
+        with lakebase.ConnectionPool(min_size=size, max_size=size, kwargs=connect, open=True) as pool:
             pool.wait()
             yield pool
     elif kind == "factory":
-        yield lakebase.connect
+        yield lambda: lakebase.connect(**connect)
     else:
-        engine = create_engine(pool_size=2)
+        engine = create_engine(pool_size=size, max_overflow=0, connect_args=connect)
         try:
             yield engine if kind == "engine" else sessionmaker(engine)
         finally:
@@ -159,20 +161,21 @@ def sync_target(kind: str) -> Iterator[Any]:
 
 
 @contextlib.asynccontextmanager
-async def async_target(kind: str) -> AsyncIterator[Any]:
+async def async_target(kind: str, size: int = 2) -> AsyncIterator[Any]:
     if kind == "pool":
-        async with lakebase.AsyncConnectionPool(min_size=2, max_size=2, open=False) as pool:
+        async with lakebase.AsyncConnectionPool(min_size=size, max_size=size, open=False) as pool:
             await pool.open(wait=True)
             yield pool
     elif kind == "asyncpg-pool":
-        async with lakebase.asyncpg.create_pool(min_size=2, max_size=2) as pool:
+        async with lakebase.asyncpg.create_pool(min_size=size, max_size=size) as pool:
             yield pool
     elif kind == "factory":
         yield lakebase.connect_async
     elif kind == "asyncpg-factory":
         yield lakebase.asyncpg.connect
     else:
-        engine = create_async_engine("postgresql+asyncpg://" if kind == "asyncpg-engine" else None, pool_size=2)
+        engine = create_async_engine("postgresql+asyncpg://" if kind == "asyncpg-engine" else None, pool_size=size,
+                                     max_overflow=0)
         try:
             yield async_sessionmaker(engine) if kind == "sessionmaker" else engine
         finally:
@@ -198,6 +201,15 @@ async def asql(conn: Any, statement: str) -> Any:
     if isinstance(conn, psycopg.AsyncConnection):
         return await conn.execute(statement)
     return await conn.execute(text(statement))  # SQLAlchemy AsyncConnection or AsyncSession
+
+
+async def ascalar(conn: Any, statement: str) -> Any:
+    if isinstance(conn, asyncpg.Connection):
+        return await conn.fetchval(statement)
+    if isinstance(conn, psycopg.AsyncConnection):
+        row = await (await conn.execute(statement)).fetchone()
+        return row[0] if row else None
+    return (await conn.execute(text(statement))).scalar()
 
 
 # ---- restart mid-transaction ---------------------------------------------------------------------
@@ -488,6 +500,117 @@ def test_an_outcome_that_cannot_be_learned_is_unknown_with_the_xid(table: str) -
     assert f"transaction {exc.xid}" in str(exc) and f"pg_xact_status('{exc.xid}'::xid8)" in str(exc)
     assert "not retried" in str(exc) and "second connection" in str(exc)
     assert isinstance(exc.__cause__, psycopg.Error)
+
+
+# ---- read-only units ---------------------------------------------------------------------------------
+SETTINGS = "SELECT current_setting('transaction_read_only') || ' ' || current_setting('transaction_isolation')"
+
+
+def end_session(emulator: Emulator, pid: int) -> None:
+    """Terminate backend ``pid`` from the owner's connection, and wait until it is gone."""
+    with owner_connect(emulator, autocommit=True) as owner:
+        assert owner.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,)).fetchone() == (True,)
+
+
+def resolved(records: list[Any]) -> list[str]:
+    """The statuses of the commit outcomes looked up (``transaction.commit_resolved`` events)."""
+    return [r.lakebase["status"] for r in records if getattr(r, "lakebase", {}).get("event") ==
+            "transaction.commit_resolved"]
+
+
+@pytest.mark.parametrize("kind", SYNC_TARGETS)
+def test_a_read_only_unit_cannot_write_and_leaves_the_connection_as_it_was(table: str, kind: str) -> None:
+    calls = 0
+
+    def write(conn: Any) -> None:
+        nonlocal calls
+        calls += 1
+        sql(conn, f"UPDATE {table} SET v = 5 WHERE id = 1")
+
+    with sync_target(kind, size=1) as target:  # one connection: the units below all get it
+        with pytest.raises(Exception) as info:
+            run_transaction(target, write, read_only=True)
+        assert sqlstate(info.value) == "25006" and calls == 1  # read-only transaction: not retried
+        assert run_transaction(target, lambda c: scalar(c, SETTINGS), read_only=True,
+                               isolation_level="serializable") == "on serializable"
+        assert run_transaction(target, lambda c: scalar(c, SETTINGS)) == "off read committed"
+        run_transaction(target, write)  # the next unit can write
+    assert calls == 2 and value(table) == 5
+
+
+@pytest.mark.parametrize("kind", ASYNC_TARGETS)
+async def test_an_async_read_only_unit_cannot_write_and_leaves_the_connection_as_it_was(table: str,
+                                                                                        kind: str) -> None:
+    calls = 0
+
+    async def write(conn: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await asql(conn, f"UPDATE {table} SET v = 5 WHERE id = 1")
+
+    async with async_target(kind, size=1) as target:
+        with pytest.raises(Exception) as info:
+            await run_transaction_async(target, write, read_only=True)
+        assert sqlstate(info.value) == "25006" and calls == 1
+        assert await run_transaction_async(target, lambda c: ascalar(c, SETTINGS), read_only=True,
+                                           isolation_level="serializable") == "on serializable"
+        assert await run_transaction_async(target, lambda c: ascalar(c, SETTINGS)) == "off read committed"
+        await run_transaction_async(target, write)
+    assert calls == 2 and await asyncio.to_thread(value, table) == 5
+
+
+@pytest.mark.parametrize("kind", ["pool", "engine", "sessionmaker"])
+def test_connections_whose_sessions_are_read_only_stay_read_only(table: str, kind: str) -> None:
+    """Like a read replica's sessions (default_transaction_read_only): after a read_only unit, BEGIN
+    is as it was, not BEGIN READ WRITE (what SQLAlchemy's own postgresql_readonly reset makes psycopg send)."""
+    with sync_target(kind, size=1, options="-c default_transaction_read_only=on") as target:
+        assert run_transaction(target, lambda c: scalar(c, SETTINGS), read_only=True) == "on read committed"
+        with pytest.raises(Exception) as info:
+            run_transaction(target, lambda c: sql(c, f"UPDATE {table} SET v = 5 WHERE id = 1"))
+        assert sqlstate(info.value) == "25006"
+    assert value(table) == 0
+
+
+@pytest.mark.parametrize("kind", SYNC_TARGETS)
+def test_a_read_only_unit_whose_connection_is_lost_at_commit_runs_again(
+        emulator: Emulator, table: str, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    def unit(conn: Any) -> int:
+        nonlocal calls
+        calls += 1
+        v = scalar(conn, f"SELECT v FROM {table} WHERE id = 1")
+        if calls == 1:  # the session ends; the next thing this connection sends is COMMIT
+            end_session(emulator, scalar(conn, "SELECT pg_backend_pid()"))
+        return int(v) + calls
+
+    caplog.set_level("INFO", "lakebase.transactions")
+    with sync_target(kind) as target:
+        assert run_transaction(target, unit, read_only=True) == 2
+        for _ in range(4):  # the lost connection is not handed out again
+            run_transaction(target, lambda c: sql(c, "SELECT 1"))
+    assert calls == 2 and resolved(caplog.records) == ["wrote nothing"]
+
+
+@pytest.mark.parametrize("kind", ASYNC_TARGETS)
+async def test_an_async_read_only_unit_whose_connection_is_lost_at_commit_runs_again(
+        emulator: Emulator, table: str, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    async def unit(conn: Any) -> int:
+        nonlocal calls
+        calls += 1
+        v = await ascalar(conn, f"SELECT v FROM {table} WHERE id = 1")
+        if calls == 1:
+            await asyncio.to_thread(end_session, emulator, await ascalar(conn, "SELECT pg_backend_pid()"))
+        return int(v) + calls
+
+    caplog.set_level("INFO", "lakebase.transactions")
+    async with async_target(kind) as target:
+        assert await run_transaction_async(target, unit, read_only=True) == 2
+        for _ in range(4):
+            await run_transaction_async(target, lambda c: asql(c, "SELECT 1"))
+    assert calls == 2 and resolved(caplog.records) == ["wrote nothing"]
 
 
 # ---- targets and classification -----------------------------------------------------------------------

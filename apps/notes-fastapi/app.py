@@ -71,7 +71,7 @@ async def recent_notes(engine: Any, limit: int) -> list[dict[str, Any]]:
                                          "ORDER BY created_at DESC, id DESC LIMIT :limit"), {"limit": limit})
         return [_note(r) for r in result.all()]
 
-    return await run_transaction_async(engine, read)
+    return await run_transaction_async(engine, read, read_only=True)
 
 
 async def add_note(engine: Any, content: str) -> dict[str, Any]:

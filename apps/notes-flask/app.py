@@ -11,8 +11,8 @@ What changed from the tutorial's app.py:
   refreshed-ahead token per process; connect retries through restarts and scale-to-zero wake-ups.
 * The pool is created lazily in the process that uses it, so gunicorn workers (with or without
   ``--preload``) never share a pool, its threads or its sockets with the master.
-* Every query runs through ``lakebase.run_transaction``: a session ended by a restart (57P01) is
-  retried on a new connection instead of becoming a 500.
+* Every query runs through ``lakebase.run_transaction`` (reads with ``read_only=True``): a session
+  ended by a restart (57P01) is retried on a new connection instead of becoming a 500.
 * Note content is escaped (Jinja autoescaping); the tutorial's f-string HTML was an XSS hole.
 * Adding and deleting notes: HTML forms with a CSRF token, and a JSON API that insists on
   ``Content-Type: application/json`` (which a cross-site form cannot send). Bad input gets a 400 with a
@@ -103,7 +103,7 @@ def recent_notes(limit: int) -> list[dict[str, Any]]:
                             "LIMIT %s", (limit,)).fetchall()
         return [_note(r) for r in rows]
 
-    return run_transaction(get_pool(), read)
+    return run_transaction(get_pool(), read, read_only=True)
 
 
 def add_note(content: str) -> dict[str, Any]:

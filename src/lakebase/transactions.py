@@ -34,6 +34,12 @@ another connection from the same target (itself retried within the deadline):
 * ``aborted``: the unit runs again;
 * ``in progress``: asked again, backing off, until the deadline.
 
+With ``read_only=True`` the unit runs in a READ ONLY transaction (``BEGIN ... READ ONLY``, one
+statement; a write fails with 25006 and is not retried). It has no transaction id to ask for and
+nothing of it can outlive a lost session (temporary tables die with it), so there is no extra round
+trip, and a COMMIT that lost its connection simply runs the unit again. (A unit that switches
+itself back with ``SET TRANSACTION READ WRITE`` defeats this: don't.)
+
 Only when the outcome cannot be learned (still in progress or the status query failing at the
 deadline, or the status query failing with an error that is not a lost connection) is
 :class:`CommitOutcomeUnknown` raised, naming the transaction id to check.
@@ -231,7 +237,10 @@ class _Loop:
         :class:`CommitOutcomeUnknown` when the outcome cannot be learned within the deadline."""
         if not attempt.xid_known:
             return self._unknown(attempt, lost, "its transaction id never arrived")
-        if attempt.xid is None:  # the unit wrote nothing: there was nothing to commit
+        if attempt.xid is None:  # the unit wrote nothing (or was read-only): there was nothing to commit
+            event(log, logging.INFO, "transaction.commit_resolved", "the connection was lost during COMMIT of a "
+                  "transaction that wrote nothing; running the unit again", attempt=self.attempts, xid=None,
+                  status="wrote nothing")
             return False
         if status in ("committed", "aborted"):
             event(log, logging.WARNING, "transaction.commit_resolved",
@@ -392,29 +401,86 @@ def _sync_fetch(conn: Any, query: str, *params: Any) -> Any:
     return result.scalar() if result.returns_rows else None
 
 
+def _psycopg_changes(conn: Any, isolation: str | None, read_only: bool) -> dict[str, Any]:
+    """The psycopg connection attributes to set so that its BEGIN carries ``isolation`` and READ ONLY
+    (psycopg sends ``BEGIN ISOLATION LEVEL ... READ ONLY``: one statement), where they differ now."""
+    import psycopg
+
+    wanted: dict[str, Any] = {"read_only": True} if read_only else {}
+    if isolation:
+        wanted["isolation_level"] = psycopg.IsolationLevel[isolation.replace(" ", "_")]
+    return {k: v for k, v in wanted.items() if getattr(conn, k) != v}
+
+
+def _sa_options(conn: Any, isolation: str | None, read_only: bool) -> tuple[dict[str, Any], bool]:
+    """(SQLAlchemy execution options for the transaction's characteristics, is the driver psycopg).
+    With psycopg they are set on the driver's connection instead: SQLAlchemy resets ``postgresql_readonly``
+    to False, which psycopg sends as ``BEGIN READ WRITE`` (refused by a read replica) rather than as it was."""
+    options: dict[str, Any] = {"postgresql_readonly": True} if read_only else {}
+    if isolation:
+        options["isolation_level"] = isolation
+    bind = conn.get_bind() if hasattr(conn, "get_bind") else conn  # (Async)Session or (Async)Connection
+    return options, bool(options) and bind.dialect.driver == "psycopg"
+
+
 @contextlib.contextmanager
-def _sync_transaction(conn: Any, isolation: str | None, attempt: _Attempt) -> Iterator[None]:
-    """BEGIN; the unit; its transaction id (``attempt.xid``) then COMMIT."""
-    if _is(conn, "psycopg", "Connection"):
-        tx = conn.transaction()
-        tx.__enter__()
-        commit, rollback = (lambda: tx.__exit__(None, None, None)), (lambda: tx.__exit__(*sys.exc_info()))
-    else:  # SQLAlchemy Connection or Session
-        tx = conn.begin()
-        commit, rollback = tx.commit, tx.rollback
+def _psycopg_settings(conn: Any, isolation: str | None, read_only: bool) -> Iterator[None]:
+    """Set them for one transaction; then put back the connection's own (before a pool hands it out again)."""
+    changes = _psycopg_changes(conn, isolation, read_only)
+    previous = {k: getattr(conn, k) for k in changes}
+    for key, value in changes.items():
+        setattr(conn, key, value)
     try:
-        if isolation:
-            _sync_fetch(conn, f"SET TRANSACTION ISOLATION LEVEL {isolation}")
         yield
-        if _is(conn, "sqlalchemy.orm", "Session"):
-            conn.flush()  # pending ORM writes fail here, not during COMMIT
-        attempt.xid = _sync_fetch(conn, _XID_SQL)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            rollback()
-        raise
-    attempt.xid_known = attempt.committing = True
-    commit()
+    finally:
+        try:
+            for key, value in previous.items():
+                setattr(conn, key, value)
+        except Exception as exc:  # never hand out a connection stuck in read-only or another isolation level
+            if not _broken(conn):
+                log.warning("restoring a connection's transaction settings failed, closing it: %s", _short(exc))
+            conn.close()
+
+
+@contextlib.contextmanager
+def _sync_begin(conn: Any, isolation: str | None, read_only: bool) -> Iterator[tuple[Callable[[], Any], ...]]:
+    """BEGIN, carrying the isolation level and READ ONLY; yields (commit, rollback)."""
+    if _is(conn, "psycopg", "Connection"):
+        with _psycopg_settings(conn, isolation, read_only):
+            tx = conn.transaction()
+            tx.__enter__()
+            yield (lambda: tx.__exit__(None, None, None)), (lambda: tx.__exit__(*sys.exc_info()))
+        return
+    session = _is(conn, "sqlalchemy.orm", "Session")  # else a SQLAlchemy Connection
+    options, on_psycopg = _sa_options(conn, isolation, read_only)
+    if options and not on_psycopg and not session:
+        conn.execution_options(**options)  # reset by SQLAlchemy when the connection goes back to its pool
+    tx = conn.begin()
+    driver = None
+    if options and session:  # the session's connection, procured now (BEGIN is sent with the first statement)
+        connection = conn.connection() if on_psycopg else conn.connection(execution_options=options)
+        driver = connection.connection.driver_connection
+    elif on_psycopg:
+        driver = conn.connection.driver_connection
+    with _psycopg_settings(driver, isolation, read_only) if on_psycopg else contextlib.nullcontext():
+        yield tx.commit, tx.rollback
+
+
+@contextlib.contextmanager
+def _sync_transaction(conn: Any, isolation: str | None, read_only: bool, attempt: _Attempt) -> Iterator[None]:
+    """BEGIN; the unit; its transaction id (``attempt.xid``; not asked when read-only) then COMMIT."""
+    with _sync_begin(conn, isolation, read_only) as (commit, rollback):
+        try:
+            yield
+            if _is(conn, "sqlalchemy.orm", "Session"):
+                conn.flush()  # pending ORM writes fail here, not during COMMIT
+            attempt.xid = None if read_only else _sync_fetch(conn, _XID_SQL)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                rollback()
+            raise
+        attempt.xid_known = attempt.committing = True
+        commit()
 
 
 def _sync_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
@@ -438,14 +504,16 @@ def _sync_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: 
 
 
 def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str | None = None,
-                    max_attempts: int = MAX_ATTEMPTS, deadline: float = DEADLINE) -> T:
+                    read_only: bool = False, max_attempts: int = MAX_ATTEMPTS, deadline: float = DEADLINE) -> T:
     """Run ``fn(conn)`` in a transaction on a connection from ``target``; retry it as a whole when
     that is safe (see the module doc). Returns what ``fn`` returned.
 
     ``target``: a ``lakebase.ConnectionPool`` (any psycopg_pool ``ConnectionPool``), a SQLAlchemy
     ``Engine`` or ``sessionmaker``, or a function returning a new psycopg connection (e.g.
     ``lakebase.connect``). ``isolation_level``: ``"serializable"``, ``"repeatable read"`` or
-    ``"read committed"`` (default: the connection's). At most ``max_attempts`` runs; no new
+    ``"read committed"`` (default: the connection's). ``read_only``: a READ ONLY transaction, for
+    units that only read (no extra round trip, a lost COMMIT is retried). Both are sent with BEGIN,
+    and the connection gets its own settings back afterwards. At most ``max_attempts`` runs; no new
     attempt starts after ``deadline`` seconds.
 
     Raises what ``fn`` raised when it is not worth a retry, :class:`TransactionFailed` when retries
@@ -460,7 +528,7 @@ def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str
         try:
             with _sync_connection(target, kind) as (conn, raw):
                 try:
-                    with _sync_transaction(conn, isolation, attempt):
+                    with _sync_transaction(conn, isolation, read_only, attempt):
                         result = fn(conn)
                 except Exception as exc:
                     if attempt.note_failure(exc, raw):
@@ -553,33 +621,72 @@ async def _async_fetch(conn: Any, query: str, *params: Any) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _async_transaction(conn: Any, isolation: str | None, attempt: _Attempt) -> AsyncIterator[None]:
-    """The asyncio twin of :func:`_sync_transaction`."""
-    if _is(conn, "asyncpg", "Connection"):
-        tx = conn.transaction(isolation=isolation.lower().replace(" ", "_") if isolation else None)
-        await tx.start()
-        commit, rollback, isolation = tx.commit, tx.rollback, None
-    elif _is(conn, "psycopg", "AsyncConnection"):
-        tx = conn.transaction()
-        await tx.__aenter__()
-        commit, rollback = (lambda: tx.__aexit__(None, None, None)), (lambda: tx.__aexit__(*sys.exc_info()))
-    else:  # SQLAlchemy AsyncConnection or AsyncSession
-        tx = conn.begin()
-        await tx.start()
-        commit, rollback = tx.commit, tx.rollback
+async def _apsycopg_settings(conn: Any, isolation: str | None, read_only: bool) -> AsyncIterator[None]:
+    """The asyncio twin of :func:`_psycopg_settings`."""
+    changes = _psycopg_changes(conn, isolation, read_only)
+    previous = {k: getattr(conn, k) for k in changes}
+    for key, value in changes.items():
+        await getattr(conn, f"set_{key}")(value)
     try:
-        if isolation:
-            await _async_fetch(conn, f"SET TRANSACTION ISOLATION LEVEL {isolation}")
         yield
-        if _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession"):
-            await conn.flush()  # pending ORM writes fail here, not during COMMIT
-        attempt.xid = await _async_fetch(conn, _XID_SQL)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await rollback()
-        raise
-    attempt.xid_known = attempt.committing = True
-    await commit()
+    finally:
+        try:
+            for key, value in previous.items():
+                await getattr(conn, f"set_{key}")(value)
+        except Exception as exc:
+            if not _broken(conn):
+                log.warning("restoring a connection's transaction settings failed, closing it: %s", _short(exc))
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _async_begin(conn: Any, isolation: str | None,
+                       read_only: bool) -> AsyncIterator[tuple[Callable[[], Awaitable[Any]], ...]]:
+    """The asyncio twin of :func:`_sync_begin`."""
+    if _is(conn, "asyncpg", "Connection"):  # BEGIN ISOLATION LEVEL ... READ ONLY, nothing to restore
+        tx = conn.transaction(isolation=isolation.lower().replace(" ", "_") if isolation else None,
+                              readonly=read_only)
+        await tx.start()
+        yield tx.commit, tx.rollback
+        return
+    if _is(conn, "psycopg", "AsyncConnection"):
+        async with _apsycopg_settings(conn, isolation, read_only):
+            ptx = conn.transaction()
+            await ptx.__aenter__()
+            yield (lambda: ptx.__aexit__(None, None, None)), (lambda: ptx.__aexit__(*sys.exc_info()))
+        return
+    session = _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession")  # else a SQLAlchemy AsyncConnection
+    options, on_psycopg = _sa_options(conn, isolation, read_only)
+    if options and not on_psycopg and not session:
+        await conn.execution_options(**options)
+    satx = conn.begin()
+    await satx.start()
+    driver = None
+    if options and session:
+        connection = await (conn.connection() if on_psycopg else conn.connection(execution_options=options))
+        driver = (await connection.get_raw_connection()).driver_connection
+    elif on_psycopg:
+        driver = (await conn.get_raw_connection()).driver_connection
+    async with _apsycopg_settings(driver, isolation, read_only) if on_psycopg else contextlib.nullcontext():
+        yield satx.commit, satx.rollback
+
+
+@contextlib.asynccontextmanager
+async def _async_transaction(conn: Any, isolation: str | None, read_only: bool,
+                             attempt: _Attempt) -> AsyncIterator[None]:
+    """The asyncio twin of :func:`_sync_transaction`."""
+    async with _async_begin(conn, isolation, read_only) as (commit, rollback):
+        try:
+            yield
+            if _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession"):
+                await conn.flush()  # pending ORM writes fail here, not during COMMIT
+            attempt.xid = None if read_only else await _async_fetch(conn, _XID_SQL)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await rollback()
+            raise
+        attempt.xid_known = attempt.committing = True
+        await commit()
 
 
 async def _async_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
@@ -603,8 +710,8 @@ async def _async_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt,
 
 
 async def run_transaction_async(target: Any, fn: Callable[[Any], Awaitable[T]], *,
-                                isolation_level: str | None = None, max_attempts: int = MAX_ATTEMPTS,
-                                deadline: float = DEADLINE) -> T:
+                                isolation_level: str | None = None, read_only: bool = False,
+                                max_attempts: int = MAX_ATTEMPTS, deadline: float = DEADLINE) -> T:
     """The asyncio twin of :func:`run_transaction`: ``await fn(conn)`` in a transaction.
 
     ``target``: a ``lakebase.AsyncConnectionPool`` (any psycopg_pool ``AsyncConnectionPool``), a
@@ -620,7 +727,7 @@ async def run_transaction_async(target: Any, fn: Callable[[Any], Awaitable[T]], 
         try:
             async with _async_connection(target, kind) as (conn, raw):
                 try:
-                    async with _async_transaction(conn, isolation, attempt):
+                    async with _async_transaction(conn, isolation, read_only, attempt):
                         result = await fn(conn)
                 except Exception as exc:
                     if attempt.note_failure(exc, raw):
