@@ -67,6 +67,7 @@ class Session:
     terminating: str | None = None
     fault_generation: int = 0
     transports: list[asyncio.Transport] = field(default_factory=list)
+    pipes: list[_Pipe] = field(default_factory=list)
     # The stream writers of the login phase close their transport when garbage-collected: keep them.
     writers: tuple[asyncio.StreamWriter, ...] = ()
 
@@ -79,6 +80,7 @@ class _Pipe(asyncio.Protocol):
         self.peer: asyncio.Transport | None = None
         self.transport: asyncio.Transport | None = None
         self._on_lost = on_lost
+        self.lost = False  # our transport is closed (for the client's: what was queued went out first)
 
     def data_received(self, data: bytes) -> None:
         self.session.last_activity = time.monotonic()
@@ -86,7 +88,7 @@ class _Pipe(asyncio.Protocol):
             self.peer.write(data)
 
     def eof_received(self) -> bool | None:
-        if self.peer is not None and self.peer.can_write_eof():
+        if self.peer is not None and not self.peer.is_closing() and self.peer.can_write_eof():
             self.peer.write_eof()
         return False
 
@@ -99,6 +101,7 @@ class _Pipe(asyncio.Protocol):
             self.peer.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.peer is not None:
             self.peer.close()
         self._on_lost()
@@ -380,6 +383,7 @@ class Proxy:
         client_t.set_protocol(to_backend)
         backend_t.set_protocol(to_client)
         session.transports = [client_t, backend_t]
+        session.pipes = [to_backend, to_client]
         session.writers = (writer, b_writer)
         self.sessions.add(session)
         self._by_key[(session.backend_pid, session.client_key)] = session
@@ -438,9 +442,10 @@ class Proxy:
             if ended:
                 self.rt.stats.sessions_terminated += len(ended)
                 log.info("ended %d session(s): %s", len(ended), reason)
-        # The backends are gone; let the proxy pass their FATAL and the close on to the clients.
+        # The backends are gone; wait until the proxy has passed their FATAL and the close on to the clients
+        # (both transports of each session closed).
         deadline = time.monotonic() + TERMINATE_WAIT_MS / 1000
-        while any(s in self.sessions for s in ended) and time.monotonic() < deadline:
+        while any(not all(p.lost for p in s.pipes) for s in ended) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         return len(ended)
 
