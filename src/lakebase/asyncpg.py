@@ -100,13 +100,13 @@ def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext:
     return context
 
 
-def _ssl_mode(value: Any) -> str | None:
+def _ssl_mode(value: Any, where: str | None = None) -> str | None:
     """The mode of an ``ssl=`` argument (None: a context, or none given); refuses one that allows plaintext."""
     if value is None or isinstance(value, ssl.SSLContext):
         return None
     if value is True:
         return "verify-full"
-    return require_tls(value, "ssl", None, fix="leave ssl out (sslmode from the settings), or use 'require', "
+    return require_tls(value, "ssl", where, fix="leave ssl out (sslmode from the settings), or use 'require', "
                        "'verify-full' or an ssl.SSLContext")
 
 
@@ -124,7 +124,7 @@ def check_arguments(kwargs: dict[str, Any], where: str = "the connection argumen
     its first connection."""
     _check_driver_arguments(kwargs, where, names=(*PASSWORD_ARGUMENTS, "dsn"),
                             sets="the connection parameters and the password")
-    _ssl_mode(kwargs.get("ssl"))
+    _ssl_mode(kwargs.get("ssl"), where)
 
 
 def _not_worth_retrying(exc: BaseException, target: Target) -> ConnectionFailed | None:

@@ -215,7 +215,7 @@ class _LastError:
         return timeout
 
 
-def _server_ended(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+def _needs_round_trip(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """False when nothing arrived on ``conn``'s socket; raises when it is closed; True when a round
     trip must decide (see :func:`check_liveness`)."""
     state = psycopg_state(conn)
@@ -236,13 +236,13 @@ def check_liveness(conn: psycopg.Connection[Any]) -> None:
     found by TCP keepalives (on by default), not by this check; for networks that drop connections
     without a word, use ``check=ConnectionPool.check_connection`` (a round trip on every checkout).
     """
-    if _server_ended(conn):
+    if _needs_round_trip(conn):
         psycopg_pool.ConnectionPool.check_connection(conn)
 
 
 async def check_liveness_async(conn: psycopg.AsyncConnection[Any]) -> None:
     """The asyncio twin of :func:`check_liveness` (the async pools' default ``check``)."""
-    if _server_ended(conn):
+    if _needs_round_trip(conn):
         await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
 
