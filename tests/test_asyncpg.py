@@ -118,6 +118,30 @@ async def test_a_password_or_plaintext_is_refused(emulator: Emulator, user_env: 
         lakebase.asyncpg.create_pool(connect=asyncpg.connect)
 
 
+async def test_open_connection_is_the_driver_adapters_entry_point(emulator: Emulator,
+                                                                  user_env: dict[str, str]) -> None:
+    """lakebase.asyncpg.open_connection(connector, ...): what connect, create_pool and the asyncpg engine
+    open through; check_arguments refuses what lakebase sets itself (a DSN, a password) or plaintext."""
+    connector = get_connector()
+    conn = await lakebase.asyncpg.open_connection(connector, server_settings={"application_name": "adapter"})
+    try:
+        assert await whoami(conn) == emulator.owner.name
+        assert await conn.fetchval("SELECT current_setting('application_name')") == "adapter"
+    finally:
+        await conn.close()
+    attempts = connector.stats()["connect"]["attempts"]
+    with pytest.raises(ConfigurationError, match="a DSN was given in the connection arguments, but lakebase "
+                                                 "sets the connection parameters and the password") as info:
+        await lakebase.asyncpg.open_connection(connector, dsn="postgresql://me@elsewhere/db")
+    assert (info.value.setting, info.value.value) == ("dsn", "[REDACTED]")
+    for bad in ({"ssl": False}, {"ssl": "allow"}, {"sslmode": "disable"}):
+        with pytest.raises(ConfigurationError, match="Lakebase requires TLS"):
+            await lakebase.asyncpg.open_connection(connector, **bad)
+        with pytest.raises(ConfigurationError, match="in connect_args: Lakebase requires TLS"):
+            lakebase.asyncpg.check_arguments(bad, "connect_args")
+    assert connector.stats()["connect"]["attempts"] == attempts  # no refusal reached the server
+
+
 async def test_a_refused_token_is_replaced_once(emulator: Emulator, user_env: dict[str, str]) -> None:
     await (await lakebase.asyncpg.connect()).close()
     emulator.expire_tokens()  # the cached token now fails at login with 28P01 (InvalidPasswordError)

@@ -20,6 +20,7 @@ from databricks.sdk.service.postgres import Endpoint, EndpointSpec, EndpointType
 from psycopg.rows import dict_row
 
 import lakebase
+import lakebase.psycopg
 from lakebase import (
     AuthenticationFailed,
     ConfigurationError,
@@ -127,6 +128,36 @@ def test_a_password_or_plaintext_connection_is_refused(emulator: Emulator, user_
     clean_env.setenv("PGSSLMODE", "disable")
     with pytest.raises(ConfigurationError, match="PGSSLMODE='disable': Lakebase requires TLS"):
         lakebase.connect()
+
+
+def test_open_connection_is_the_driver_adapters_entry_point(emulator: Emulator, user_env: dict[str, str]) -> None:
+    """lakebase.psycopg.open_connection(connector, ...): what connect, the pools and the engines open
+    through; it keeps the argument rules (no password, TLS, an sslmode of None too: psycopg would drop
+    it and libpq fall back to prefer)."""
+    connector = get_connector()
+    with lakebase.psycopg.open_connection(connector, "application_name=adapter", autocommit=True) as conn:
+        assert (current_user(conn), conn.autocommit) == (emulator.owner.name, True)
+        assert conn.info.parameter_status("application_name") == "adapter"
+    attempts = connector.stats()["connect"]["attempts"]
+    for bad in ({"password": "hunter2"}, {"passfile": "/tmp/pgpass"}):
+        with pytest.raises(ConfigurationError, match="lakebase sets the password") as info:
+            lakebase.psycopg.open_connection(connector, **bad)
+        assert info.value.value == "[REDACTED]"
+    for mode in ("disable", "prefer", None):
+        with pytest.raises(ConfigurationError, match=f"sslmode={mode!r} in the connection arguments: "
+                                                     "Lakebase requires TLS"):
+            lakebase.psycopg.open_connection(connector, sslmode=mode)
+
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match="Lakebase requires TLS"):
+            await lakebase.psycopg.open_connection_async(connector, "sslmode=allow")
+        assert connector.stats()["connect"]["attempts"] == attempts  # no refusal reached the server
+        conn = await lakebase.psycopg.open_connection_async(connector, connection_class=psycopg.AsyncConnection)
+        async with conn:
+            cur = await conn.execute("SELECT current_user")
+            assert await cur.fetchone() == (emulator.owner.name,)
+
+    asyncio.run(main())
 
 
 def test_no_workspace_auth_is_a_clear_error(clean_env: pytest.MonkeyPatch) -> None:

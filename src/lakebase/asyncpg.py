@@ -38,7 +38,6 @@ import logging
 import ssl
 import time
 import weakref
-from dataclasses import fields
 from typing import Any
 
 from ._extras import requires_extra
@@ -46,17 +45,17 @@ from ._extras import requires_extra
 with requires_extra("asyncpg", __name__):
     import asyncpg
 
+from ._adapter import PASSWORD_ARGUMENTS, require_tls, split_settings
+from ._adapter import check_arguments as _check_driver_arguments
 from ._liveness import CLOSED, QUIET, asyncpg_state
 from ._telemetry import event
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
 from .endpoints import Target
 from .errors import ConfigurationError, ConnectionFailed
-from .settings import SAFE_SSLMODES, UNSAFE_SSLMODES, Settings
+from .settings import Settings
 
 log = logging.getLogger("lakebase.asyncpg")
-
-SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sources")
 
 #: Close pooled connections after this many seconds (Lakebase ends them after 3 days).
 MAX_LIFETIME = 3600.0
@@ -73,12 +72,6 @@ _POOL_DEFAULTS = {
 }
 
 
-def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    overrides = {k: v for k, v in options.items() if k in SETTINGS_FIELDS}
-    rest = {k: v for k, v in options.items() if k not in SETTINGS_FIELDS}
-    return overrides, rest
-
-
 # ---- TLS -----------------------------------------------------------------------------------------
 _contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
 
@@ -90,12 +83,7 @@ def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext:
     chain as ``verify-ca`` does when a root certificate is given); ``verify-ca`` checks the chain,
     ``verify-full`` the chain and the host name.
     """
-    mode = sslmode.lower()
-    if mode not in SAFE_SSLMODES:
-        raise ConfigurationError(
-            f"sslmode={sslmode!r}: Lakebase requires TLS (the token is the password)",
-            setting="sslmode", value=sslmode, fix="use sslmode=require (or verify-full with sslrootcert)",
-        )
+    mode = require_tls(sslmode, where=None, fix="use sslmode=require (or verify-full with sslrootcert)")
     if mode == "require" and sslrootcert:
         mode = "verify-ca"
     key = (mode, sslrootcert)
@@ -112,44 +100,31 @@ def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext:
     return context
 
 
+def _ssl_mode(value: Any, where: str | None = None) -> str | None:
+    """The mode of an ``ssl=`` argument (None: a context, or none given); refuses one that allows plaintext."""
+    if value is None or isinstance(value, ssl.SSLContext):
+        return None
+    if value is True:
+        return "verify-full"
+    return require_tls(value, "ssl", where, fix="leave ssl out (sslmode from the settings), or use 'require', "
+                       "'verify-full' or an ssl.SSLContext")
+
+
 def _ssl_argument(value: Any, target: Target) -> ssl.SSLContext:
     """``ssl=`` as given by the caller (a context, True or a mode) or from the settings."""
-    if value is None:
-        return ssl_context(target.sslmode, target.sslrootcert)
     if isinstance(value, ssl.SSLContext):
         return value
-    if value is True:
-        return ssl_context("verify-full", target.sslrootcert)
-    mode = str(value).lower() if isinstance(value, str) else "disable"
-    if mode in UNSAFE_SSLMODES or mode not in SAFE_SSLMODES:
-        raise ConfigurationError(
-            f"ssl={value!r}: Lakebase requires TLS (the token is the password)",
-            setting="ssl", value=value, fix="leave ssl out (sslmode from the settings), or use 'require', "
-            "'verify-full' or an ssl.SSLContext",
-        )
-    return ssl_context(mode, target.sslrootcert)
+    return ssl_context(_ssl_mode(value) or target.sslmode, target.sslrootcert)
 
 
 # ---- connect -------------------------------------------------------------------------------------
-def _check_arguments(kwargs: dict[str, Any]) -> None:
-    for secret in ("password", "passfile", "dsn"):
-        if kwargs.get(secret) is not None:
-            what = "a DSN" if secret == "dsn" else f"{secret}="
-            raise ConfigurationError(
-                f"{what} was given, but lakebase sets the connection parameters and the password "
-                "(a fresh OAuth token) itself",
-                setting=secret, value="[REDACTED]",
-                fix=f"remove {secret}; use host=, port=, database=, user= (or the PG* environment "
-                "variables) instead" if secret == "dsn" else f"remove {secret} from the connection arguments",
-            )
-    if "ssl" in kwargs and kwargs["ssl"] is not None and not isinstance(kwargs["ssl"], ssl.SSLContext):
-        mode = kwargs["ssl"]
-        if mode is not True and (not isinstance(mode, str) or mode.lower() not in SAFE_SSLMODES):
-            raise ConfigurationError(
-                f"ssl={mode!r}: Lakebase requires TLS (the token is the password)",
-                setting="ssl", value=mode, fix="leave ssl out (sslmode from the settings), or use 'require', "
-                "'verify-full' or an ssl.SSLContext",
-            )
+def check_arguments(kwargs: dict[str, Any], where: str = "the connection arguments") -> None:
+    """Refuse asyncpg connection arguments that lakebase must set itself (a password, a DSN) or that
+    would allow plaintext (``ssl=``); :func:`open_connection` checks them, a pool or an engine before
+    its first connection."""
+    _check_driver_arguments(kwargs, where, names=(*PASSWORD_ARGUMENTS, "dsn"),
+                            sets="the connection parameters and the password")
+    _ssl_mode(kwargs.get("ssl"), where)
 
 
 def _not_worth_retrying(exc: BaseException, target: Target) -> ConnectionFailed | None:
@@ -166,9 +141,14 @@ def _not_worth_retrying(exc: BaseException, target: Target) -> ConnectionFailed 
     return None
 
 
-async def _aconnect(connector: Connector, kwargs: dict[str, Any]) -> asyncpg.Connection:
-    """Open one asyncpg connection through ``connector`` (retries, fresh token)."""
-    _check_arguments(kwargs)
+async def open_connection(connector: Connector, /, **kwargs: Any) -> asyncpg.Connection:
+    """Open one asyncpg connection through ``connector`` (fresh token, retries): the adapter's entry point.
+
+    ``kwargs`` are :func:`asyncpg.connect`'s arguments, checked by :func:`check_arguments`; the target's
+    host, port, user and database are the connector's. :func:`connect`, :func:`create_pool` and
+    :mod:`lakebase.sqlalchemy` open theirs here.
+    """
+    check_arguments(kwargs)
     target = await connector.atarget()
     options = dict(kwargs)
     tls = _ssl_argument(options.pop("ssl", None), target)
@@ -202,9 +182,9 @@ async def connect(*, settings: Settings | None = None, workspace_client: Any = N
     the event loop. Raises :class:`~lakebase.ConfigurationError`,
     :class:`~lakebase.CredentialsUnavailable` or :class:`~lakebase.ConnectionFailed`.
     """
-    overrides, conn_kwargs = _split(kwargs)
+    overrides, conn_kwargs = split_settings(kwargs)
     connector = get_connector(settings, workspace_client, credentials, **overrides)
-    return await _aconnect(connector, conn_kwargs)
+    return await open_connection(connector, **conn_kwargs)
 
 
 # ---- the pool ------------------------------------------------------------------------------------
@@ -327,18 +307,18 @@ def create_pool(*, settings: Settings | None = None, workspace_client: Any = Non
                                  setting="connect", fix="remove connect=; use init= or setup= to prepare "
                                  "connections")
     kwargs.pop("connect", None)
-    overrides, rest = _split(kwargs)
+    overrides, rest = split_settings(kwargs)
     connector = get_connector(settings, workspace_client, credentials, **overrides)
     pool_options = {name: rest.pop(name, default) for name, default in _POOL_DEFAULTS.items()}
-    _check_arguments(rest)
+    check_arguments(rest)
     pool: Pool
 
     async def connect_hook(*_dsn: Any, loop: Any = None, **conn_kwargs: Any) -> asyncpg.Connection:
-        return pool._note_new(await _aconnect(connector, conn_kwargs))
+        return pool._note_new(await open_connection(connector, **conn_kwargs))
 
     pool = Pool(None, connect=connect_hook, connector=connector, pre_ping=pre_ping, max_lifetime=max_lifetime,
                 **pool_options, **rest)
     return pool
 
 
-__all__ = ["MAX_LIFETIME", "Pool", "connect", "create_pool", "ssl_context"]
+__all__ = ["MAX_LIFETIME", "Pool", "check_arguments", "connect", "create_pool", "open_connection", "ssl_context"]

@@ -22,7 +22,8 @@ import asyncio
 import math
 import threading
 import time
-from dataclasses import fields
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ._extras import requires_extra
@@ -31,16 +32,16 @@ with requires_extra("psycopg", __name__):
     import psycopg
     import psycopg_pool
     from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool.base import BasePool
 
+from ._adapter import PASSWORD_ARGUMENTS, refuse_secrets, require_tls, split_settings
 from ._liveness import CLOSED, QUIET, psycopg_state
 from ._redact import redact, safe_conninfo
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
 from .endpoints import Target, cached_hostaddr, hostaddr_for
-from .errors import ConfigurationError, LakebaseError
-from .settings import SAFE_SSLMODES, Settings
-
-SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sources")
+from .errors import LakebaseError
+from .settings import Settings
 
 #: TCP keepalives: notice a dead peer (a restarted compute, a dropped NAT entry) within ~1 minute.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
@@ -51,12 +52,6 @@ POOL_DEFAULTS: dict[str, Any] = {
     "max_lifetime": 3600.0,
     "max_idle": 600.0,
 }
-
-
-def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    overrides = {k: v for k, v in options.items() if k in SETTINGS_FIELDS}
-    rest = {k: v for k, v in options.items() if k not in SETTINGS_FIELDS}
-    return overrides, rest
 
 
 def libpq_params(target: Target, hostaddr: str | None = None) -> dict[str, Any]:
@@ -81,23 +76,13 @@ def _params(target: Target, hostaddr: str | None, conninfo: str, kwargs: dict[st
     """Ours, then the caller's conninfo, then the caller's keyword arguments; the password stays ours."""
     params = libpq_params(target, hostaddr)
     given = {**(conninfo_to_dict(conninfo) if conninfo else {}), **kwargs}
-    for secret in ("password", "passfile"):
-        if given.get(secret) is not None:
-            raise ConfigurationError(
-                f"{secret}= was given, but lakebase sets the password (a fresh OAuth token) itself",
-                setting=secret, value="[REDACTED]", fix=f"remove {secret} from the connection arguments",
-            )
+    refuse_secrets(given)
+    for secret in PASSWORD_ARGUMENTS:  # given as None: unset
         given.pop(secret, None)
     if "host" in given and "hostaddr" not in given:
         params.pop("hostaddr", None)
     params.update(given)
-    mode = str(params.get("sslmode", "")).lower()
-    if mode not in SAFE_SSLMODES:
-        raise ConfigurationError(
-            f"sslmode={mode!r} in the connection arguments: Lakebase requires TLS "
-            "(the token is the password)",
-            setting="sslmode", value=mode, fix="use sslmode=require (or verify-full), or leave it out",
-        )
+    require_tls(params.get("sslmode", ""))  # sslmode=None too: psycopg would drop it (libpq's prefer)
     return params
 
 
@@ -119,8 +104,14 @@ def conninfo_for_display(connector: Connector) -> str:
 
 
 # ---- connect -----------------------------------------------------------------------------------
-def _connect(connector: Connector, connection_class: type[psycopg.Connection[Any]], conninfo: str,
-             kwargs: dict[str, Any]) -> psycopg.Connection[Any]:
+def open_connection(connector: Connector, conninfo: str = "", /, *,
+                    connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
+                    **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open one psycopg connection through ``connector`` (fresh token, retries): the adapter's entry point.
+
+    ``conninfo`` and ``kwargs`` are psycopg's connection arguments (over the target's; no password, no
+    plaintext ``sslmode``). :func:`connect`, the pools and :mod:`lakebase.sqlalchemy` open theirs here.
+    """
     target = connector.prepare()
     params = _params(target, hostaddr_for(target.host, target.port), conninfo, kwargs)
     requested = params.pop("connect_timeout", None)
@@ -132,8 +123,10 @@ def _connect(connector: Connector, connection_class: type[psycopg.Connection[Any
     return connector.connect(attempt)
 
 
-async def _aconnect(connector: Connector, connection_class: type[psycopg.AsyncConnection[Any]], conninfo: str,
-                    kwargs: dict[str, Any]) -> psycopg.AsyncConnection[Any]:
+async def open_connection_async(connector: Connector, conninfo: str = "", /, *,
+                                connection_class: type[psycopg.AsyncConnection[Any]] = psycopg.AsyncConnection,
+                                **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """The async twin of :func:`open_connection`: nothing blocking runs on the event loop."""
     target = await connector.atarget()
     known, hostaddr = cached_hostaddr(target.host)
     if not known:
@@ -163,9 +156,9 @@ def connect(conninfo: str = "", *, settings: Settings | None = None, workspace_c
     Raises :class:`~lakebase.ConfigurationError`, :class:`~lakebase.CredentialsUnavailable` or
     :class:`~lakebase.ConnectionFailed` (and its subclasses), with the driver's error as the cause.
     """
-    overrides, conn_kwargs = _split(kwargs)
+    overrides, conn_kwargs = split_settings(kwargs)
     connector = get_connector(settings, workspace_client, credentials, **overrides)
-    return _connect(connector, connection_class, conninfo, conn_kwargs)
+    return open_connection(connector, conninfo, connection_class=connection_class, **conn_kwargs)
 
 
 async def connect_async(conninfo: str = "", *, settings: Settings | None = None, workspace_client: Any = None,
@@ -173,9 +166,9 @@ async def connect_async(conninfo: str = "", *, settings: Settings | None = None,
                         connection_class: type[psycopg.AsyncConnection[Any]] = psycopg.AsyncConnection,
                         **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     """The async twin of :func:`connect`: nothing blocking runs on the event loop."""
-    overrides, conn_kwargs = _split(kwargs)
+    overrides, conn_kwargs = split_settings(kwargs)
     connector = get_connector(settings, workspace_client, credentials, **overrides)
-    return await _aconnect(connector, connection_class, conninfo, conn_kwargs)
+    return await open_connection_async(connector, conninfo, connection_class=connection_class, **conn_kwargs)
 
 
 # ---- pools -------------------------------------------------------------------------------------
@@ -200,6 +193,16 @@ class _LastError:
         with self._lock:
             self.error, self.when = error, time.monotonic()
 
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Record the outcome of the connect inside: its error, or None on success."""
+        try:
+            yield
+        except Exception as exc:
+            self.record(exc)
+            raise
+        self.record(None)
+
     def explain(self, exc: psycopg_pool.PoolTimeout, pool_name: str) -> psycopg_pool.PoolTimeout:
         error = self.error
         if error is None or isinstance(exc, PoolTimeout):
@@ -210,6 +213,16 @@ class _LastError:
         timeout = PoolTimeout(message, error)
         timeout.__cause__ = error
         return timeout
+
+
+def _needs_round_trip(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """False when nothing arrived on ``conn``'s socket; raises when it is closed; True when a round
+    trip must decide (see :func:`check_liveness`)."""
+    state = psycopg_state(conn)
+    if state == CLOSED:
+        raise psycopg.OperationalError("the connection is closed (the server ended the session); "
+                                       "the pool replaces it")
+    return state != QUIET
 
 
 def check_liveness(conn: psycopg.Connection[Any]) -> None:
@@ -223,158 +236,111 @@ def check_liveness(conn: psycopg.Connection[Any]) -> None:
     found by TCP keepalives (on by default), not by this check; for networks that drop connections
     without a word, use ``check=ConnectionPool.check_connection`` (a round trip on every checkout).
     """
-    state = psycopg_state(conn)
-    if state == QUIET:
-        return
-    if state == CLOSED:
-        raise psycopg.OperationalError("the connection is closed (the server ended the session); "
-                                       "the pool replaces it")
-    psycopg_pool.ConnectionPool.check_connection(conn)
+    if _needs_round_trip(conn):
+        psycopg_pool.ConnectionPool.check_connection(conn)
 
 
 async def check_liveness_async(conn: psycopg.AsyncConnection[Any]) -> None:
     """The asyncio twin of :func:`check_liveness` (the async pools' default ``check``)."""
-    state = psycopg_state(conn)
-    if state == QUIET:
-        return
-    if state == CLOSED:
-        raise psycopg.OperationalError("the connection is closed (the server ended the session); "
-                                       "the pool replaces it")
-    await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+    if _needs_round_trip(conn):
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
 
-def _pool_options(options: dict[str, Any], check: Any, connector: Connector) -> dict[str, Any]:
-    merged = {**POOL_DEFAULTS, "check": check, **options}
-    if not merged.get("name"):
-        merged["name"] = "lakebase-" + connector.settings.target_name.rsplit("/", 1)[-1]
-    return merged
+class _LakebasePool(BasePool):
+    """What :class:`ConnectionPool` and :class:`AsyncConnectionPool` share (all but the awaiting methods):
+    the arguments, the connector, the connection class, the explained timeouts and ``stats()``."""
+
+    #: The twin's connection class and default ``check``.
+    _connection_base: type[Any]
+    _default_check: Any
+
+    def __init__(self, conninfo: Any = "", *, settings: Settings | None = None, workspace_client: Any = None,
+                 credentials: CredentialCache | None = None, connection_class: type[Any] | None = None,
+                 **options: Any) -> None:
+        overrides, pool_options = split_settings(options)
+        self.connector = get_connector(settings, workspace_client, credentials, **overrides)
+        self._last_error = _LastError()
+        merged = {**POOL_DEFAULTS, "check": self._default_check, **pool_options}
+        if not merged.get("name"):
+            merged["name"] = "lakebase-" + self.connector.settings.target_name.rsplit("/", 1)[-1]
+        pool_class = _connection_class(connection_class or self._connection_base, self.connector,
+                                       self._last_error)
+        # the twin's psycopg_pool class is next in the MRO
+        super().__init__(conninfo, connection_class=pool_class, **merged)  # type: ignore[call-arg]
+
+    @contextmanager
+    def _explaining_timeouts(self) -> Iterator[None]:
+        """A ``psycopg_pool.PoolTimeout`` inside becomes a :class:`PoolTimeout` naming the last connect error."""
+        try:
+            yield
+        except psycopg_pool.PoolTimeout as exc:
+            explained = self._last_error.explain(exc, self.name)
+            if explained is exc:
+                raise
+            raise explained from explained.__cause__
+
+    def stats(self) -> dict[str, Any]:
+        error = self._last_error.error
+        return {"pool": self.get_stats(), **self.connector.stats(),
+                "last_connect_error": redact(str(error)) if error else None}
 
 
-class ConnectionPool(psycopg_pool.ConnectionPool):
+class ConnectionPool(_LakebasePool, psycopg_pool.ConnectionPool):
     """A psycopg_pool ``ConnectionPool`` whose new connections always carry a valid token.
 
     Arguments named like :class:`~lakebase.Settings` fields configure the target (over the
     environment); ``settings``, ``workspace_client`` and ``credentials`` as for :func:`connect`;
     every other argument is psycopg_pool's (``conninfo``, ``kwargs``, ``min_size``, ``max_size``,
-    ``open``, ``timeout``, ...). Defaults: ``check=ConnectionPool.check_liveness`` (no round trip; see
+    ``open``, ``timeout``, ...). Defaults: ``connection_class=psycopg.Connection``,
+    ``check=ConnectionPool.check_liveness`` (no round trip; see
     :func:`check_liveness`; ``check=ConnectionPool.check_connection`` for a round trip on every
     checkout, ``check=None`` for no check), ``max_lifetime=3600``, ``max_idle=600``, a ``name`` after
     the endpoint. ``stats()`` adds the lakebase counters to ``get_stats()``.
     """
 
-    check_liveness = staticmethod(check_liveness)
-
-    def __init__(self, conninfo: Any = "", *, settings: Settings | None = None, workspace_client: Any = None,
-                 credentials: CredentialCache | None = None,
-                 connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
-                 **options: Any) -> None:
-        overrides, pool_options = _split(options)
-        self.connector = get_connector(settings, workspace_client, credentials, **overrides)
-        self._last_error = _LastError()
-        pool_class = _sync_connection_class(connection_class, self.connector, self._last_error)
-        super().__init__(conninfo, connection_class=pool_class,
-                         **_pool_options(pool_options, check_liveness,
-                                         self.connector))
+    _connection_base = psycopg.Connection
+    _default_check = check_liveness = staticmethod(check_liveness)
 
     def getconn(self, timeout: float | None = None) -> Any:
-        try:
+        with self._explaining_timeouts():
             return super().getconn(timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            explained = self._last_error.explain(exc, self.name)
-            if explained is exc:
-                raise
-            raise explained from self._last_error.error
 
     def wait(self, timeout: float = 30.0) -> None:
-        try:
+        with self._explaining_timeouts():
             super().wait(timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            explained = self._last_error.explain(exc, self.name)
-            if explained is exc:
-                raise
-            raise explained from self._last_error.error
-
-    def stats(self) -> dict[str, Any]:
-        error = self._last_error.error
-        return {"pool": self.get_stats(), **self.connector.stats(),
-                "last_connect_error": redact(str(error)) if error else None}
 
 
-class AsyncConnectionPool(psycopg_pool.AsyncConnectionPool):
-    """The asyncio twin of :class:`ConnectionPool` (a psycopg_pool ``AsyncConnectionPool``); its default
-    ``check`` is ``AsyncConnectionPool.check_liveness`` (:func:`check_liveness_async`)."""
+class AsyncConnectionPool(_LakebasePool, psycopg_pool.AsyncConnectionPool):
+    """The asyncio twin of :class:`ConnectionPool` (a psycopg_pool ``AsyncConnectionPool``); its defaults
+    are ``connection_class=psycopg.AsyncConnection`` and ``check=AsyncConnectionPool.check_liveness``
+    (:func:`check_liveness_async`)."""
 
-    check_liveness = staticmethod(check_liveness_async)
-
-    def __init__(self, conninfo: Any = "", *, settings: Settings | None = None, workspace_client: Any = None,
-                 credentials: CredentialCache | None = None,
-                 connection_class: type[psycopg.AsyncConnection[Any]] = psycopg.AsyncConnection,
-                 **options: Any) -> None:
-        overrides, pool_options = _split(options)
-        self.connector = get_connector(settings, workspace_client, credentials, **overrides)
-        self._last_error = _LastError()
-        pool_class = _async_connection_class(connection_class, self.connector, self._last_error)
-        super().__init__(conninfo, connection_class=pool_class,
-                         **_pool_options(pool_options, check_liveness_async,
-                                         self.connector))
+    _connection_base = psycopg.AsyncConnection
+    _default_check = check_liveness = staticmethod(check_liveness_async)
 
     async def getconn(self, timeout: float | None = None) -> Any:
-        try:
+        with self._explaining_timeouts():
             return await super().getconn(timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            explained = self._last_error.explain(exc, self.name)
-            if explained is exc:
-                raise
-            raise explained from self._last_error.error
 
     async def wait(self, timeout: float = 30.0) -> None:
-        try:
+        with self._explaining_timeouts():
             await super().wait(timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            explained = self._last_error.explain(exc, self.name)
-            if explained is exc:
-                raise
-            raise explained from self._last_error.error
-
-    def stats(self) -> dict[str, Any]:
-        error = self._last_error.error
-        return {"pool": self.get_stats(), **self.connector.stats(),
-                "last_connect_error": redact(str(error)) if error else None}
 
 
-# The pools open connections through `connection_class.connect(conninfo, **kwargs)`: these
-# subclasses route that call through the lakebase connect loop (and note failures for the pool).
+def _connection_class(base: type[Any], connector: Connector, last_error: _LastError) -> type[Any]:
+    """A subclass of ``base`` whose ``connect`` opens through ``connector`` and notes failures for the pool.
 
+    The pools open connections through ``connection_class.connect(conninfo, **kwargs)``.
+    """
+    connect: Any
+    if issubclass(base, psycopg.AsyncConnection):
+        async def connect(cls: type[Any], conninfo: str = "", **kwargs: Any) -> Any:
+            with last_error.watching():
+                return await open_connection_async(connector, conninfo, connection_class=base, **kwargs)
+    else:
+        def connect(cls: type[Any], conninfo: str = "", **kwargs: Any) -> Any:
+            with last_error.watching():
+                return open_connection(connector, conninfo, connection_class=base, **kwargs)
 
-def _sync_connection_class(base: type[psycopg.Connection[Any]], connector: Connector,
-                           last_error: _LastError) -> type[psycopg.Connection[Any]]:
-    class LakebaseConnection(base):  # type: ignore[valid-type,misc]
-        @classmethod
-        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
-            try:
-                conn = _connect(connector, base, conninfo, kwargs)
-            except Exception as exc:
-                last_error.record(exc)
-                raise
-            last_error.record(None)
-            return conn
-
-    LakebaseConnection.__qualname__ = LakebaseConnection.__name__ = f"Lakebase{base.__name__}"
-    return LakebaseConnection
-
-
-def _async_connection_class(base: type[psycopg.AsyncConnection[Any]], connector: Connector,
-                            last_error: _LastError) -> type[psycopg.AsyncConnection[Any]]:
-    class LakebaseAsyncConnection(base):  # type: ignore[valid-type,misc]
-        @classmethod
-        async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
-            try:
-                conn = await _aconnect(connector, base, conninfo, kwargs)
-            except Exception as exc:
-                last_error.record(exc)
-                raise
-            last_error.record(None)
-            return conn
-
-    LakebaseAsyncConnection.__qualname__ = LakebaseAsyncConnection.__name__ = f"Lakebase{base.__name__}"
-    return LakebaseAsyncConnection
+    name = f"Lakebase{base.__name__}"
+    return type(name, (base,), {"connect": classmethod(connect), "__qualname__": name, "__module__": __name__})

@@ -48,14 +48,13 @@ with requires_extra("sqlalchemy", __name__):
     from sqlalchemy.exc import DisconnectionError
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._adapter import check_arguments, split_settings
 from ._liveness import QUIET, READABLE, asyncpg_state, psycopg_state
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
 from .errors import ConfigurationError
-from .psycopg import SETTINGS_FIELDS
-from .psycopg import _aconnect as _psycopg_aconnect
-from .psycopg import _connect as _psycopg_connect
-from .settings import SAFE_SSLMODES, Settings
+from .psycopg import open_connection, open_connection_async
+from .settings import Settings
 
 #: Engine defaults: recycle connections well before Lakebase's 3-day limit and 24 h idle timeout.
 #: Connections are also checked before they are handed out (restarts and scale to zero end sessions
@@ -98,8 +97,7 @@ _URL_SETTINGS = {"host": "host", "port": "port", "database": "database", "userna
 def _configure(url: str | URL | None, kwargs: dict[str, Any], drivers: tuple[str, ...], what: str,
                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
     """(settings overrides, driver connect arguments, engine arguments, driver name)."""
-    overrides = {k: v for k, v in kwargs.items() if k in SETTINGS_FIELDS}
-    engine_kwargs = {k: v for k, v in kwargs.items() if k not in SETTINGS_FIELDS}
+    overrides, engine_kwargs = split_settings(kwargs)
     for hook in ("creator", "async_creator"):
         if engine_kwargs.get(hook) is not None:
             raise ConfigurationError(f"{hook}= was given, but lakebase opens the engine's connections itself",
@@ -127,16 +125,12 @@ def _configure(url: str | URL | None, kwargs: dict[str, Any], drivers: tuple[str
                 overrides[name] = value
         for key, value in parsed.query.items():
             connect_args.setdefault(key, value[-1] if isinstance(value, tuple) else value)
-    mode = connect_args.get("sslmode")
-    if mode is not None and str(mode).lower() not in SAFE_SSLMODES:
-        raise ConfigurationError(f"sslmode={mode!r}: Lakebase requires TLS (the token is the password)",
-                                 setting="sslmode", value=mode, fix="use sslmode=require (or verify-full), "
-                                 "or leave it out")
-    for secret in ("password", "passfile"):
-        if connect_args.get(secret) is not None:
-            raise ConfigurationError(f"{secret} was given in connect_args, but lakebase sets the password "
-                                     "(a fresh OAuth token) itself", setting=secret, value="[REDACTED]",
-                                     fix=f"remove {secret} from connect_args")
+    if driver == "asyncpg":
+        from .asyncpg import check_arguments as check_asyncpg_arguments
+
+        check_asyncpg_arguments(connect_args, "connect_args")
+    else:
+        check_arguments(connect_args, "connect_args")
     return overrides, connect_args, {**ENGINE_DEFAULTS, **engine_kwargs}, driver
 
 
@@ -164,7 +158,7 @@ def create_engine(url: str | URL | None = None, *, settings: Settings | None = N
     connector = get_connector(settings, workspace_client, credentials, **overrides)
 
     def creator() -> psycopg.Connection[Any]:
-        return _psycopg_connect(connector, psycopg.Connection, "", connect_args)
+        return open_connection(connector, **connect_args)
 
     engine = sqlalchemy.create_engine(_display_url(driver, connector.settings), creator=creator, **engine_kwargs)
     if not engine_kwargs.get("pool_pre_ping"):
@@ -187,16 +181,13 @@ def create_async_engine(url: str | URL | None = None, *, settings: Settings | No
                                                                 "create_async_engine")
     connector = get_connector(settings, workspace_client, credentials, **overrides)
     if driver == "asyncpg":
-        from .asyncpg import _aconnect as _asyncpg_aconnect
-        from .asyncpg import _check_arguments
-
-        _check_arguments(connect_args)
+        from .asyncpg import open_connection as open_asyncpg_connection
 
         async def async_creator() -> Any:
-            return await _asyncpg_aconnect(connector, connect_args)
+            return await open_asyncpg_connection(connector, **connect_args)
     else:
         async def async_creator() -> Any:
-            return await _psycopg_aconnect(connector, psycopg.AsyncConnection, "", connect_args)
+            return await open_connection_async(connector, **connect_args)
 
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 

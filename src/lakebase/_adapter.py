@@ -1,0 +1,78 @@
+"""The driver-adapter layer: the argument rules every driver integration shares, written once.
+
+Each driver module is one small adapter over :class:`~lakebase.connector.Connector`:
+:mod:`lakebase.psycopg` (``open_connection``, ``open_connection_async``) and :mod:`lakebase.asyncpg`
+(``open_connection``) each expose a package-level function that opens one connection through a
+connector (fresh token, retries); :mod:`lakebase.sqlalchemy` builds its engines on those functions.
+What every adapter enforces on its caller's arguments lives here:
+
+* :func:`split_settings`: arguments named like :class:`~lakebase.Settings` fields configure the
+  target; the rest belong to the driver (or its pool, or the engine);
+* :func:`refuse_secrets`: a password from the caller is refused, as is anything else that would
+  carry one (``passfile``, asyncpg's ``dsn``): lakebase sets the password, a fresh OAuth token;
+* :func:`require_tls`: a TLS mode that would allow plaintext is refused (the token is the password);
+* :func:`check_arguments`: both, on one set of driver arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from typing import Any
+
+from .errors import ConfigurationError
+from .settings import SAFE_SSLMODES, Settings
+
+#: The arguments that configure the target rather than the driver (the :class:`~lakebase.Settings` fields).
+SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sources")
+
+#: What a caller may not pass to a driver: the password is lakebase's (a fresh OAuth token).
+PASSWORD_ARGUMENTS = ("password", "passfile")
+
+_SHOWN = {"dsn": "a DSN"}
+_FIXES = {"dsn": "remove dsn; use host=, port=, database=, user= (or the PG* environment variables) instead"}
+
+
+def split_settings(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the arguments that are settings overrides, the others)."""
+    overrides = {k: v for k, v in options.items() if k in SETTINGS_FIELDS}
+    rest = {k: v for k, v in options.items() if k not in SETTINGS_FIELDS}
+    return overrides, rest
+
+
+def refuse_secrets(given: Mapping[str, Any], where: str = "the connection arguments", *,
+                   names: Iterable[str] = PASSWORD_ARGUMENTS, sets: str = "the password") -> None:
+    """Raise :class:`~lakebase.ConfigurationError` if ``given`` sets one of ``names`` (a None value is unset).
+
+    ``where`` names the arguments in the message (``connect_args``...); ``sets`` says what lakebase sets
+    itself instead.
+    """
+    for name in names:
+        if given.get(name) is not None:
+            raise ConfigurationError(
+                f"{_SHOWN.get(name, name + '=')} was given in {where}, but lakebase sets {sets} "
+                "(a fresh OAuth token) itself",
+                setting=name, value="[REDACTED]", fix=_FIXES.get(name, f"remove {name} from {where}"),
+            )
+
+
+def require_tls(value: Any, setting: str = "sslmode", where: str | None = "the connection arguments", *,
+                fix: str = "use sslmode=require (or verify-full), or leave it out") -> str:
+    """``value``, a libpq ``sslmode``, in lower case if it encrypts; else :class:`~lakebase.ConfigurationError`.
+
+    ``None`` is refused too: a driver that drops it would fall back to libpq's default, ``prefer``.
+    """
+    mode = str(value).lower()
+    if mode in SAFE_SSLMODES:
+        return mode
+    place = f" in {where}" if where else ""
+    raise ConfigurationError(f"{setting}={value!r}{place}: Lakebase requires TLS (the token is the password)",
+                             setting=setting, value=value, fix=fix)
+
+
+def check_arguments(given: Mapping[str, Any], where: str = "the connection arguments", *,
+                    names: Iterable[str] = PASSWORD_ARGUMENTS, sets: str = "the password") -> None:
+    """The rules for driver arguments known before connecting: an ``sslmode`` given must encrypt; no password."""
+    if given.get("sslmode") is not None:
+        require_tls(given["sslmode"], where=where)
+    refuse_secrets(given, where, names=names, sets=sets)
