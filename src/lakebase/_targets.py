@@ -10,7 +10,7 @@ connection from the same target's ``open``, through its kind's ``fetch``.
 
 Both loops in :mod:`lakebase.transactions` read these tables; for an asynchronous kind every
 operation returns an awaitable (``open`` and ``begin`` an async context manager), so the loops
-differ only in awaiting. Adding a target type is one ``Target`` (and one ``Connection`` when it
+differ only in awaiting. Adding a target type is one ``TargetKind`` (and one ``ConnectionKind`` when it
 hands out a new kind of connection).
 """
 
@@ -31,7 +31,7 @@ from ._redact import redact
 log = logging.getLogger("lakebase.transactions")
 
 @dataclass(frozen=True)
-class Target:
+class TargetKind:
     """A kind of target, recognised as an instance of ``module.name`` (never imported here)."""
 
     module: str
@@ -42,7 +42,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Connection:
+class ConnectionKind:
     """A kind of connection (or session) ``fn`` receives: how a transaction runs on it."""
 
     module: str
@@ -263,36 +263,40 @@ async def _open_coroutine_function(factory: Callable[[], Any]) -> AsyncIterator[
 
 
 # ---- the tables ----------------------------------------------------------------------------------------
-CONNECTIONS = (
-    Connection("psycopg", "Connection", False, _psycopg_begin, _psycopg_fetch, lambda conn: conn.close()),
-    Connection("sqlalchemy.engine", "Connection", False, partial(_sa_begin, session=False), _sa_fetch,
-               lambda conn: conn.invalidate()),
-    Connection("sqlalchemy.orm", "Session", False, partial(_sa_begin, session=True), _sa_fetch, None),
-    Connection("psycopg", "AsyncConnection", True, _apsycopg_begin, _apsycopg_fetch, lambda conn: conn.close()),
-    # also an asyncpg pool's connection proxy
-    Connection("asyncpg", "Connection", True, _asyncpg_begin, _asyncpg_fetch, _asyncpg_terminate),
-    Connection("sqlalchemy.ext.asyncio", "AsyncConnection", True, partial(_asa_begin, session=False), _asa_fetch,
-               lambda conn: conn.invalidate()),
-    Connection("sqlalchemy.ext.asyncio", "AsyncSession", True, partial(_asa_begin, session=True), _asa_fetch, None),
+CONNECTIONS = (  # module, class, async, begin, fetch, discard (None: a session)
+    ConnectionKind("psycopg", "Connection", False, _psycopg_begin, _psycopg_fetch, lambda conn: conn.close()),
+    ConnectionKind("sqlalchemy.engine", "Connection", False, partial(_sa_begin, session=False), _sa_fetch,
+                   lambda conn: conn.invalidate()),
+    ConnectionKind("sqlalchemy.orm", "Session", False, partial(_sa_begin, session=True), _sa_fetch, None),
+    ConnectionKind("psycopg", "AsyncConnection", True, _apsycopg_begin, _apsycopg_fetch,
+                   lambda conn: conn.close()),
+    ConnectionKind("asyncpg", "Connection", True, _asyncpg_begin, _asyncpg_fetch,  # also a pool's proxy
+                   _asyncpg_terminate),
+    ConnectionKind("sqlalchemy.ext.asyncio", "AsyncConnection", True, partial(_asa_begin, session=False),
+                   _asa_fetch, lambda conn: conn.invalidate()),
+    ConnectionKind("sqlalchemy.ext.asyncio", "AsyncSession", True, partial(_asa_begin, session=True),
+                   _asa_fetch, None),
 )
 
-TARGETS = (
-    Target("psycopg_pool", "ConnectionPool", False, "a psycopg_pool ConnectionPool", lambda pool: pool.connection()),
-    Target("sqlalchemy.engine", "Engine", False, "a SQLAlchemy Engine", lambda engine: engine.connect()),
-    Target("sqlalchemy.orm", "sessionmaker", False, "a SQLAlchemy sessionmaker", lambda maker: maker()),
-    Target("psycopg_pool", "AsyncConnectionPool", True, "a psycopg_pool AsyncConnectionPool",
-           lambda pool: pool.connection()),
-    Target("asyncpg.pool", "Pool", True, "an asyncpg pool", lambda pool: pool.acquire()),
-    Target("sqlalchemy.ext.asyncio", "AsyncEngine", True, "a SQLAlchemy AsyncEngine", lambda engine: engine.connect()),
-    Target("sqlalchemy.ext.asyncio", "async_sessionmaker", True, "a SQLAlchemy async_sessionmaker",
-           lambda maker: maker()),
+TARGETS = (  # module, class, async, what, open
+    TargetKind("psycopg_pool", "ConnectionPool", False, "a psycopg_pool ConnectionPool",
+               lambda pool: pool.connection()),
+    TargetKind("sqlalchemy.engine", "Engine", False, "a SQLAlchemy Engine", lambda engine: engine.connect()),
+    TargetKind("sqlalchemy.orm", "sessionmaker", False, "a SQLAlchemy sessionmaker", lambda maker: maker()),
+    TargetKind("psycopg_pool", "AsyncConnectionPool", True, "a psycopg_pool AsyncConnectionPool",
+               lambda pool: pool.connection()),
+    TargetKind("asyncpg.pool", "Pool", True, "an asyncpg pool", lambda pool: pool.acquire()),
+    TargetKind("sqlalchemy.ext.asyncio", "AsyncEngine", True, "a SQLAlchemy AsyncEngine",
+               lambda engine: engine.connect()),
+    TargetKind("sqlalchemy.ext.asyncio", "async_sessionmaker", True, "a SQLAlchemy async_sessionmaker",
+               lambda maker: maker()),
 )
-FUNCTION = Target("", "function", False, "a function returning a connection", _open_function)
-COROUTINE_FUNCTION = Target("", "coroutine function", True, "a coroutine function returning a connection",
-                            _open_coroutine_function)
+FUNCTION = TargetKind("", "function", False, "a function returning a connection", _open_function)
+COROUTINE_FUNCTION = TargetKind("", "coroutine function", True, "a coroutine function returning a connection",
+                                _open_coroutine_function)
 
 
-def target_kind(target: Any, *, is_async: bool) -> Target:
+def target_kind(target: Any, *, is_async: bool) -> TargetKind:
     """What kind of target this is, or a TypeError saying what to pass instead."""
     runner = "run_transaction_async" if is_async else "run_transaction"
     for kind in TARGETS:
@@ -312,7 +316,7 @@ def target_kind(target: Any, *, is_async: bool) -> Target:
                     f"{', '.join(accepted[:-1])} or {accepted[-1]}")
 
 
-def connection_kind(conn: Any, *, is_async: bool) -> Connection:
+def connection_kind(conn: Any, *, is_async: bool) -> ConnectionKind:
     """How a transaction runs on ``conn`` (what a target handed out)."""
     for kind in CONNECTIONS:
         if kind.is_async == is_async and is_instance(conn, kind.module, kind.name):

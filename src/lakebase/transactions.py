@@ -68,7 +68,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from ._targets import Connection, Target, connection_kind, target_kind
+from ._targets import ConnectionKind, connection_kind, target_kind
 from ._targets import short as _short
 from ._telemetry import event
 from .errors import LakebaseError
@@ -208,9 +208,15 @@ def _is_lost(exc: Exception, conn: Any) -> bool:
 
 
 class _Loop:
-    """The retry decisions, shared by :func:`run_transaction` and :func:`run_transaction_async`."""
+    """One call of :func:`run_transaction` or :func:`run_transaction_async`: what it runs on, and the
+    retry decisions."""
 
-    def __init__(self, max_attempts: int, deadline: float) -> None:
+    def __init__(self, target: Any, isolation_level: str | None, read_only: bool, max_attempts: int,
+                 deadline: float, *, is_async: bool) -> None:
+        self.target = target
+        self.kind = target_kind(target, is_async=is_async)
+        self.isolation = _isolation(isolation_level)
+        self.read_only = read_only
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
         self.max_attempts = max_attempts
@@ -293,8 +299,12 @@ class _Loop:
               attempt=self.attempts, reason=verdict[0], delay=round(delay, 3), sqlstate=sqlstate(exc))
         return delay
 
-    def succeeded(self) -> None:
-        if self.attempts > 1:
+    def succeeded(self, attempt: _Attempt, error: Exception | None = None) -> None:
+        """The unit committed; ``error``: what was raised after all (giving the connection back, or a
+        COMMIT that lost its connection but committed)."""
+        if attempt.committed and error is not None:  # only giving the connection back failed
+            log.warning("returning a connection after COMMIT failed: %s", _short(error))
+        elif self.attempts > 1:
             event(log, logging.INFO, "transaction.recovered",
                   f"a transaction committed after {self.attempts} attempts", attempts=self.attempts)
 
@@ -309,20 +319,20 @@ def _isolation(level: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def _connection(target: Any, kind: Target, attempt: _Attempt) -> Iterator[tuple[Any, Connection]]:
-    """A connection (or session) from ``target`` and its kind; a lost one is discarded (closed,
+def _connection(loop: _Loop, attempt: _Attempt) -> Iterator[tuple[Any, ConnectionKind]]:
+    """A connection (or session) from the target and its kind; a lost one is discarded (closed,
     invalidated or terminated), never given back to its pool."""
-    with kind.open(target) as conn:
-        conn_kind = connection_kind(conn, is_async=False)
+    with loop.kind.open(loop.target) as conn:
+        kind = connection_kind(conn, is_async=False)
         try:
-            yield conn, conn_kind
+            yield conn, kind
         except Exception as exc:
-            if attempt.note_failure(exc, None if conn_kind.session else conn):
-                _discard(conn_kind, conn)
+            if attempt.note_failure(exc, None if kind.session else conn):
+                _discard(kind, conn)
             raise
 
 
-def _discard(kind: Connection, conn: Any) -> None:
+def _discard(kind: ConnectionKind, conn: Any) -> None:
     try:
         if kind.discard is not None:
             kind.discard(conn)
@@ -331,24 +341,24 @@ def _discard(kind: Connection, conn: Any) -> None:
 
 
 @contextlib.contextmanager
-def _transaction(kind: Connection, conn: Any, isolation: str | None, read_only: bool,
-                 attempt: _Attempt) -> Iterator[None]:
+def _transaction(loop: _Loop, kind: ConnectionKind, conn: Any, attempt: _Attempt) -> Iterator[None]:
     """BEGIN; the unit; its transaction id (``attempt.xid``; not asked when read-only) then COMMIT."""
-    with kind.begin(conn, isolation, read_only) as (commit, rollback):
+    with kind.begin(conn, loop.isolation, loop.read_only) as (commit, rollback):
         try:
             yield
             if kind.session:
                 conn.flush()  # pending ORM writes fail here, not during COMMIT
-            attempt.xid = None if read_only else kind.fetch(conn, _XID_SQL)
+            attempt.xid = None if loop.read_only else kind.fetch(conn, _XID_SQL)
         except BaseException:
             with contextlib.suppress(Exception):
                 rollback()
             raise
         attempt.xid_known = attempt.committing = True
         commit()
+        attempt.committed = True
 
 
-def _outcome(target: Any, kind: Target, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
+def _outcome(loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
     """Did the transaction whose COMMIT lost its connection commit? Asks on another connection."""
     status: str | None = None
     error: Exception | None = None
@@ -356,8 +366,8 @@ def _outcome(target: Any, kind: Target, loop: _Loop, attempt: _Attempt, lost: Ex
         time.sleep(decision)
         status = error = None
         try:
-            with _connection(target, kind, _Attempt()) as (conn, conn_kind):
-                status = conn_kind.fetch(conn, _STATUS_SQL, attempt.xid)
+            with _connection(loop, _Attempt()) as (conn, kind):
+                status = kind.fetch(conn, _STATUS_SQL, attempt.xid)
         except Exception as exc:
             error = exc
     return decision
@@ -380,44 +390,36 @@ def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str
     ran out, :class:`CommitOutcomeUnknown` when the connection was lost during COMMIT and the
     outcome could not be looked up.
     """
-    kind = target_kind(target, is_async=False)
-    isolation = _isolation(isolation_level)
-    loop = _Loop(max_attempts, deadline)
+    loop = _Loop(target, isolation_level, read_only, max_attempts, deadline, is_async=False)
     while True:
         attempt = loop.start()
         try:
-            with _connection(target, kind, attempt) as (conn, conn_kind):
-                with _transaction(conn_kind, conn, isolation, read_only, attempt):
-                    result = fn(conn)
-                attempt.committed = True
+            with _connection(loop, attempt) as (conn, kind), _transaction(loop, kind, conn, attempt):
+                result = fn(conn)
         except Exception as exc:
-            if attempt.committed:  # only giving the connection back failed
-                log.warning("returning a connection after COMMIT failed: %s", _short(exc))
-                return result
-            if loop.commit_lost(exc, attempt) and _outcome(target, kind, loop, attempt, exc):
-                loop.succeeded()
-                return result
-            delay = loop.failed(exc, attempt)
+            if not (attempt.committed or (loop.commit_lost(exc, attempt) and _outcome(loop, attempt, exc))):
+                time.sleep(loop.failed(exc, attempt))
+                continue
+            loop.succeeded(attempt, exc)
         else:
-            loop.succeeded()
-            return result
-        time.sleep(delay)
+            loop.succeeded(attempt)
+        return result
 
 
 # ---- async: the same, awaiting -----------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def _aconnection(target: Any, kind: Target, attempt: _Attempt) -> AsyncIterator[tuple[Any, Connection]]:
-    async with kind.open(target) as conn:
-        conn_kind = connection_kind(conn, is_async=True)
+async def _aconnection(loop: _Loop, attempt: _Attempt) -> AsyncIterator[tuple[Any, ConnectionKind]]:
+    async with loop.kind.open(loop.target) as conn:
+        kind = connection_kind(conn, is_async=True)
         try:
-            yield conn, conn_kind
+            yield conn, kind
         except Exception as exc:
-            if attempt.note_failure(exc, None if conn_kind.session else conn):
-                await _adiscard(conn_kind, conn)
+            if attempt.note_failure(exc, None if kind.session else conn):
+                await _adiscard(kind, conn)
             raise
 
 
-async def _adiscard(kind: Connection, conn: Any) -> None:
+async def _adiscard(kind: ConnectionKind, conn: Any) -> None:
     try:
         if kind.discard is not None:
             await kind.discard(conn)
@@ -426,31 +428,31 @@ async def _adiscard(kind: Connection, conn: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _atransaction(kind: Connection, conn: Any, isolation: str | None, read_only: bool,
-                        attempt: _Attempt) -> AsyncIterator[None]:
-    async with kind.begin(conn, isolation, read_only) as (commit, rollback):
+async def _atransaction(loop: _Loop, kind: ConnectionKind, conn: Any, attempt: _Attempt) -> AsyncIterator[None]:
+    async with kind.begin(conn, loop.isolation, loop.read_only) as (commit, rollback):
         try:
             yield
             if kind.session:
                 await conn.flush()
-            attempt.xid = None if read_only else await kind.fetch(conn, _XID_SQL)
+            attempt.xid = None if loop.read_only else await kind.fetch(conn, _XID_SQL)
         except BaseException:
             with contextlib.suppress(Exception):
                 await rollback()
             raise
         attempt.xid_known = attempt.committing = True
         await commit()
+        attempt.committed = True
 
 
-async def _aoutcome(target: Any, kind: Target, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
+async def _aoutcome(loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
     status: str | None = None
     error: Exception | None = None
     while not isinstance(decision := loop.outcome(attempt, lost, status, error), bool):
         await asyncio.sleep(decision)
         status = error = None
         try:
-            async with _aconnection(target, kind, _Attempt()) as (conn, conn_kind):
-                status = await conn_kind.fetch(conn, _STATUS_SQL, attempt.xid)
+            async with _aconnection(loop, _Attempt()) as (conn, kind):
+                status = await kind.fetch(conn, _STATUS_SQL, attempt.xid)
         except Exception as exc:
             error = exc
     return decision
@@ -466,28 +468,20 @@ async def run_transaction_async(target: Any, fn: Callable[[Any], Awaitable[T]], 
     ``lakebase.asyncpg.create_pool()``), or a coroutine function returning a new psycopg
     ``AsyncConnection`` or asyncpg connection (e.g. ``lakebase.connect_async``).
     """
-    kind = target_kind(target, is_async=True)
-    isolation = _isolation(isolation_level)
-    loop = _Loop(max_attempts, deadline)
+    loop = _Loop(target, isolation_level, read_only, max_attempts, deadline, is_async=True)
     while True:
         attempt = loop.start()
         try:
-            async with _aconnection(target, kind, attempt) as (conn, conn_kind):
-                async with _atransaction(conn_kind, conn, isolation, read_only, attempt):
-                    result = await fn(conn)
-                attempt.committed = True
+            async with _aconnection(loop, attempt) as (conn, kind), _atransaction(loop, kind, conn, attempt):
+                result = await fn(conn)
         except Exception as exc:
-            if attempt.committed:  # only giving the connection back failed
-                log.warning("returning a connection after COMMIT failed: %s", _short(exc))
-                return result
-            if loop.commit_lost(exc, attempt) and await _aoutcome(target, kind, loop, attempt, exc):
-                loop.succeeded()
-                return result
-            delay = loop.failed(exc, attempt)
+            if not (attempt.committed or (loop.commit_lost(exc, attempt) and await _aoutcome(loop, attempt, exc))):
+                await asyncio.sleep(loop.failed(exc, attempt))
+                continue
+            loop.succeeded(attempt, exc)
         else:
-            loop.succeeded()
-            return result
-        await asyncio.sleep(delay)
+            loop.succeeded(attempt)
+        return result
 
 
 __all__ = ["CommitOutcomeUnknown", "TransactionFailed", "retry_reason", "run_transaction",
