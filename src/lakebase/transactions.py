@@ -63,14 +63,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from ._redact import redact
+from ._targets import ConnectionKind, connection_kind, target_kind
+from ._targets import short as _short
 from ._telemetry import event
 from .errors import LakebaseError
 from .retry import Backoff, Deadline
@@ -209,9 +208,15 @@ def _is_lost(exc: Exception, conn: Any) -> bool:
 
 
 class _Loop:
-    """The retry decisions, shared by :func:`run_transaction` and :func:`run_transaction_async`."""
+    """One call of :func:`run_transaction` or :func:`run_transaction_async`: what it runs on, and the
+    retry decisions."""
 
-    def __init__(self, max_attempts: int, deadline: float) -> None:
+    def __init__(self, target: Any, isolation_level: str | None, read_only: bool, max_attempts: int,
+                 deadline: float, *, is_async: bool) -> None:
+        self.target = target
+        self.kind = target_kind(target, is_async=is_async)
+        self.isolation = _isolation(isolation_level)
+        self.read_only = read_only
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
         self.max_attempts = max_attempts
@@ -294,15 +299,14 @@ class _Loop:
               attempt=self.attempts, reason=verdict[0], delay=round(delay, 3), sqlstate=sqlstate(exc))
         return delay
 
-    def succeeded(self) -> None:
-        if self.attempts > 1:
+    def succeeded(self, attempt: _Attempt, error: Exception | None = None) -> None:
+        """The unit committed; ``error``: what was raised after all (giving the connection back, or a
+        COMMIT that lost its connection but committed)."""
+        if attempt.committed and error is not None:  # only giving the connection back failed
+            log.warning("returning a connection after COMMIT failed: %s", _short(error))
+        elif self.attempts > 1:
             event(log, logging.INFO, "transaction.recovered",
                   f"a transaction committed after {self.attempts} attempts", attempts=self.attempts)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def _isolation(level: str | None) -> str | None:
@@ -314,176 +318,47 @@ def _isolation(level: str | None) -> str | None:
     return _ISOLATION[key]
 
 
-def _is(obj: Any, module: str, name: str) -> bool:
-    """isinstance(obj, module.name), without importing ``module`` (an optional dependency)."""
-    cls = getattr(sys.modules.get(module), name, None)
-    return isinstance(cls, type) and isinstance(obj, cls)
+@contextlib.contextmanager
+def _connection(loop: _Loop, attempt: _Attempt) -> Iterator[tuple[Any, ConnectionKind]]:
+    """A connection (or session) from the target and its kind; a lost one is discarded (closed,
+    invalidated or terminated), never given back to its pool."""
+    with loop.kind.open(loop.target) as conn:
+        kind = connection_kind(conn, is_async=False)
+        try:
+            yield conn, kind
+        except Exception as exc:
+            if attempt.note_failure(exc, None if kind.session else conn):
+                _discard(kind, conn)
+            raise
 
 
-def _discard(conn: Any) -> None:
-    """Make sure a lost connection is not handed out again by its pool."""
+def _discard(kind: ConnectionKind, conn: Any) -> None:
     try:
-        if hasattr(conn, "invalidate"):  # SQLAlchemy
-            conn.invalidate()
-        elif hasattr(conn, "terminate"):  # asyncpg
-            conn.terminate()
-        else:  # psycopg: the pool drops closed connections
-            conn.close()
+        if kind.discard is not None:
+            kind.discard(conn)
     except Exception:
         log.debug("discarding a lost connection failed", exc_info=True)
 
 
-async def _adiscard(conn: Any) -> None:
-    try:
-        if hasattr(conn, "invalidate"):  # SQLAlchemy AsyncConnection
-            await conn.invalidate()
-        elif hasattr(conn, "terminate"):  # asyncpg
-            conn.terminate()
-        else:  # psycopg AsyncConnection
-            await conn.close()
-    except Exception:
-        log.debug("discarding a lost connection failed", exc_info=True)
-
-
-# ---- sync ------------------------------------------------------------------------------------------
-def _sync_kind(target: Any) -> str:
-    """What kind of target this is, or a TypeError saying what to pass instead."""
-    for module, name in (("sqlalchemy.ext.asyncio", "AsyncEngine"), ("sqlalchemy.ext.asyncio", "async_sessionmaker"),
-                         ("psycopg_pool", "AsyncConnectionPool"), ("asyncpg.pool", "Pool")):
-        if _is(target, module, name):
-            raise TypeError(f"{name} is asynchronous: use lakebase.run_transaction_async")
-    if _is(target, "sqlalchemy.orm", "sessionmaker"):
-        return "sessionmaker"
-    if _is(target, "sqlalchemy.engine", "Engine"):
-        return "engine"
-    if _is(target, "psycopg_pool", "ConnectionPool"):
-        return "pool"
-    if _is(target, "psycopg", "Connection") or _is(target, "sqlalchemy.engine", "Connection"):
-        raise TypeError("run_transaction needs a pool, an engine or a function that opens a connection, not a "
-                        "connection: a lost connection cannot be used for the next attempt")
-    if callable(target) and not asyncio.iscoroutinefunction(target):
-        return "factory"
-    raise TypeError(f"run_transaction cannot run transactions on {type(target).__name__}: pass a psycopg_pool "
-                    "ConnectionPool, a SQLAlchemy Engine or sessionmaker, or a function returning a connection")
-
-
 @contextlib.contextmanager
-def _sync_connection(target: Any, kind: str) -> Iterator[tuple[Any, Any]]:
-    """(what ``fn`` gets, the connection to check and discard) for one attempt."""
-    if kind == "sessionmaker":
-        with target() as session:
-            yield session, None
-    elif kind == "engine":
-        with target.connect() as conn:
-            yield conn, conn
-    elif kind == "pool":
-        with target.connection() as conn:
-            yield conn, conn
-    else:
-        conn = target()
-        try:
-            yield conn, conn
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
-def _sync_fetch(conn: Any, query: str, *params: Any) -> Any:
-    """The first column of the first row of ``query`` (``%s`` placeholders) on a psycopg or SQLAlchemy connection."""
-    if _is(conn, "psycopg", "Connection"):
-        cur = conn.execute(query, params)
-        row = cur.fetchone() if cur.description else None
-        return row[0] if row else None
-    from sqlalchemy import text
-
-    result = conn.execute(text(query % tuple(f":p{i}" for i in range(len(params)))),
-                          {f"p{i}": p for i, p in enumerate(params)})
-    return result.scalar() if result.returns_rows else None
-
-
-def _psycopg_changes(conn: Any, isolation: str | None, read_only: bool) -> dict[str, Any]:
-    """The psycopg connection attributes to set so that its BEGIN carries ``isolation`` and READ ONLY
-    (psycopg sends ``BEGIN ISOLATION LEVEL ... READ ONLY``: one statement), where they differ now."""
-    import psycopg
-
-    wanted: dict[str, Any] = {"read_only": True} if read_only else {}
-    if isolation:
-        wanted["isolation_level"] = psycopg.IsolationLevel[isolation.replace(" ", "_")]
-    return {k: v for k, v in wanted.items() if getattr(conn, k) != v}
-
-
-def _sa_options(conn: Any, isolation: str | None, read_only: bool) -> tuple[dict[str, Any], bool]:
-    """(SQLAlchemy execution options for the transaction's characteristics, is the driver psycopg).
-    With psycopg they are set on the driver's connection instead: SQLAlchemy resets ``postgresql_readonly``
-    to False, which psycopg sends as ``BEGIN READ WRITE`` (refused by a read replica) rather than as it was."""
-    options: dict[str, Any] = {"postgresql_readonly": True} if read_only else {}
-    if isolation:
-        options["isolation_level"] = isolation
-    bind = conn.get_bind() if hasattr(conn, "get_bind") else conn  # (Async)Session or (Async)Connection
-    return options, bool(options) and bind.dialect.driver == "psycopg"
-
-
-@contextlib.contextmanager
-def _psycopg_settings(conn: Any, isolation: str | None, read_only: bool) -> Iterator[None]:
-    """Set them for one transaction; then put back the connection's own (before a pool hands it out again)."""
-    changes = _psycopg_changes(conn, isolation, read_only)
-    previous = {k: getattr(conn, k) for k in changes}
-    for key, value in changes.items():
-        setattr(conn, key, value)
-    try:
-        yield
-    finally:
-        try:
-            for key, value in previous.items():
-                setattr(conn, key, value)
-        except Exception as exc:  # never hand out a connection stuck in read-only or another isolation level
-            if not _broken(conn):
-                log.warning("restoring a connection's transaction settings failed, closing it: %s", _short(exc))
-            conn.close()
-
-
-@contextlib.contextmanager
-def _sync_begin(conn: Any, isolation: str | None, read_only: bool) -> Iterator[tuple[Callable[[], Any], ...]]:
-    """BEGIN, carrying the isolation level and READ ONLY; yields (commit, rollback)."""
-    if _is(conn, "psycopg", "Connection"):
-        with _psycopg_settings(conn, isolation, read_only):
-            tx = conn.transaction()
-            tx.__enter__()
-            yield (lambda: tx.__exit__(None, None, None)), (lambda: tx.__exit__(*sys.exc_info()))
-        return
-    session = _is(conn, "sqlalchemy.orm", "Session")  # else a SQLAlchemy Connection
-    options, on_psycopg = _sa_options(conn, isolation, read_only)
-    if options and not on_psycopg and not session:
-        conn.execution_options(**options)  # reset by SQLAlchemy when the connection goes back to its pool
-    tx = conn.begin()
-    driver = None
-    if options and session:  # the session's connection, procured now (BEGIN is sent with the first statement)
-        connection = conn.connection() if on_psycopg else conn.connection(execution_options=options)
-        driver = connection.connection.driver_connection
-    elif on_psycopg:
-        driver = conn.connection.driver_connection
-    with _psycopg_settings(driver, isolation, read_only) if on_psycopg else contextlib.nullcontext():
-        yield tx.commit, tx.rollback
-
-
-@contextlib.contextmanager
-def _sync_transaction(conn: Any, isolation: str | None, read_only: bool, attempt: _Attempt) -> Iterator[None]:
+def _transaction(loop: _Loop, kind: ConnectionKind, conn: Any, attempt: _Attempt) -> Iterator[None]:
     """BEGIN; the unit; its transaction id (``attempt.xid``; not asked when read-only) then COMMIT."""
-    with _sync_begin(conn, isolation, read_only) as (commit, rollback):
+    with kind.begin(conn, loop.isolation, loop.read_only) as (commit, rollback):
         try:
             yield
-            if _is(conn, "sqlalchemy.orm", "Session"):
+            if kind.session:
                 conn.flush()  # pending ORM writes fail here, not during COMMIT
-            attempt.xid = None if read_only else _sync_fetch(conn, _XID_SQL)
+            attempt.xid = None if loop.read_only else kind.fetch(conn, _XID_SQL)
         except BaseException:
             with contextlib.suppress(Exception):
                 rollback()
             raise
         attempt.xid_known = attempt.committing = True
         commit()
+        attempt.committed = True
 
 
-def _sync_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
+def _outcome(loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
     """Did the transaction whose COMMIT lost its connection commit? Asks on another connection."""
     status: str | None = None
     error: Exception | None = None
@@ -491,13 +366,8 @@ def _sync_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: 
         time.sleep(decision)
         status = error = None
         try:
-            with _sync_connection(target, kind) as (conn, raw):
-                try:
-                    status = _sync_fetch(conn, _STATUS_SQL, attempt.xid)
-                except Exception as exc:
-                    if raw is not None and _is_lost(exc, raw):
-                        _discard(raw)
-                    raise
+            with _connection(loop, _Attempt()) as (conn, kind):
+                status = kind.fetch(conn, _STATUS_SQL, attempt.xid)
         except Exception as exc:
             error = exc
     return decision
@@ -520,190 +390,69 @@ def run_transaction(target: Any, fn: Callable[[Any], T], *, isolation_level: str
     ran out, :class:`CommitOutcomeUnknown` when the connection was lost during COMMIT and the
     outcome could not be looked up.
     """
-    kind = _sync_kind(target)
-    isolation = _isolation(isolation_level)
-    loop = _Loop(max_attempts, deadline)
+    loop = _Loop(target, isolation_level, read_only, max_attempts, deadline, is_async=False)
     while True:
         attempt = loop.start()
         try:
-            with _sync_connection(target, kind) as (conn, raw):
-                try:
-                    with _sync_transaction(conn, isolation, read_only, attempt):
-                        result = fn(conn)
-                except Exception as exc:
-                    if attempt.note_failure(exc, raw):
-                        _discard(raw)
-                    raise
-                attempt.committed = True
+            with _connection(loop, attempt) as (conn, kind), _transaction(loop, kind, conn, attempt):
+                result = fn(conn)
         except Exception as exc:
-            if attempt.committed:  # only giving the connection back failed
-                log.warning("returning a connection after COMMIT failed: %s", _short(exc))
-                return result
-            if loop.commit_lost(exc, attempt) and _sync_outcome(target, kind, loop, attempt, exc):
-                loop.succeeded()
-                return result
-            delay = loop.failed(exc, attempt)
+            if not (attempt.committed or (loop.commit_lost(exc, attempt) and _outcome(loop, attempt, exc))):
+                time.sleep(loop.failed(exc, attempt))
+                continue
+            loop.succeeded(attempt, exc)
         else:
-            loop.succeeded()
-            return result
-        time.sleep(delay)
+            loop.succeeded(attempt)
+        return result
 
 
-# ---- async -----------------------------------------------------------------------------------------
-def _async_kind(target: Any) -> str:
-    for module, name in (("sqlalchemy.engine", "Engine"), ("sqlalchemy.orm", "sessionmaker"),
-                         ("psycopg_pool", "ConnectionPool")):
-        if _is(target, module, name):
-            raise TypeError(f"{name} is synchronous: use lakebase.run_transaction")
-    if _is(target, "sqlalchemy.ext.asyncio", "async_sessionmaker"):
-        return "sessionmaker"
-    if _is(target, "sqlalchemy.ext.asyncio", "AsyncEngine"):
-        return "engine"
-    if _is(target, "asyncpg.pool", "Pool"):
-        return "asyncpg-pool"
-    if _is(target, "psycopg_pool", "AsyncConnectionPool"):
-        return "pool"
-    for module, name in (("psycopg", "AsyncConnection"), ("asyncpg", "Connection"),
-                         ("sqlalchemy.ext.asyncio", "AsyncConnection")):
-        if _is(target, module, name):
-            raise TypeError("run_transaction_async needs a pool, an engine or a function that opens a "
-                            "connection, not a connection: a lost connection cannot be used for the next attempt")
-    if callable(target):
-        return "factory"
-    raise TypeError(f"run_transaction_async cannot run transactions on {type(target).__name__}: pass a "
-                    "psycopg_pool AsyncConnectionPool, an asyncpg pool, a SQLAlchemy AsyncEngine or "
-                    "async_sessionmaker, or a coroutine function returning a connection")
-
-
+# ---- async: the same, awaiting -----------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def _async_connection(target: Any, kind: str) -> AsyncIterator[tuple[Any, Any]]:
-    if kind == "sessionmaker":
-        async with target() as session:
-            yield session, None
-    elif kind == "engine":
-        async with target.connect() as conn:
-            yield conn, conn
-    elif kind == "asyncpg-pool":
-        async with target.acquire() as conn:
-            yield conn, conn
-    elif kind == "pool":
-        async with target.connection() as conn:
-            yield conn, conn
-    else:
-        opened = target()
-        if not inspect.isawaitable(opened):  # a synchronous factory: do not leak what it opened
-            with contextlib.suppress(Exception):
-                opened.close()
-            raise TypeError(f"run_transaction_async needs a coroutine function that opens a connection "
-                            f"(e.g. lakebase.connect_async), got {getattr(target, '__name__', target)!r}; "
-                            "for a synchronous one use lakebase.run_transaction")
-        conn = await opened
+async def _aconnection(loop: _Loop, attempt: _Attempt) -> AsyncIterator[tuple[Any, ConnectionKind]]:
+    async with loop.kind.open(loop.target) as conn:
+        kind = connection_kind(conn, is_async=True)
         try:
-            yield conn, conn
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-
-async def _async_fetch(conn: Any, query: str, *params: Any) -> Any:
-    """:func:`_sync_fetch` for a psycopg, asyncpg or SQLAlchemy async connection."""
-    if _is(conn, "asyncpg", "Connection"):  # also a pool's connection proxy
-        return await conn.fetchval(query % tuple(f"${i + 1}" for i in range(len(params))), *params)
-    if _is(conn, "psycopg", "AsyncConnection"):
-        cur = await conn.execute(query, params)
-        row = await cur.fetchone() if cur.description else None
-        return row[0] if row else None
-    from sqlalchemy import text
-
-    result = await conn.execute(text(query % tuple(f":p{i}" for i in range(len(params)))),
-                                {f"p{i}": p for i, p in enumerate(params)})
-    return result.scalar() if result.returns_rows else None
-
-
-@contextlib.asynccontextmanager
-async def _apsycopg_settings(conn: Any, isolation: str | None, read_only: bool) -> AsyncIterator[None]:
-    """The asyncio twin of :func:`_psycopg_settings`."""
-    changes = _psycopg_changes(conn, isolation, read_only)
-    previous = {k: getattr(conn, k) for k in changes}
-    for key, value in changes.items():
-        await getattr(conn, f"set_{key}")(value)
-    try:
-        yield
-    finally:
-        try:
-            for key, value in previous.items():
-                await getattr(conn, f"set_{key}")(value)
+            yield conn, kind
         except Exception as exc:
-            if not _broken(conn):
-                log.warning("restoring a connection's transaction settings failed, closing it: %s", _short(exc))
-            await conn.close()
+            if attempt.note_failure(exc, None if kind.session else conn):
+                await _adiscard(kind, conn)
+            raise
+
+
+async def _adiscard(kind: ConnectionKind, conn: Any) -> None:
+    try:
+        if kind.discard is not None:
+            await kind.discard(conn)
+    except Exception:
+        log.debug("discarding a lost connection failed", exc_info=True)
 
 
 @contextlib.asynccontextmanager
-async def _async_begin(conn: Any, isolation: str | None,
-                       read_only: bool) -> AsyncIterator[tuple[Callable[[], Awaitable[Any]], ...]]:
-    """The asyncio twin of :func:`_sync_begin`."""
-    if _is(conn, "asyncpg", "Connection"):  # BEGIN ISOLATION LEVEL ... READ ONLY, nothing to restore
-        tx = conn.transaction(isolation=isolation.lower().replace(" ", "_") if isolation else None,
-                              readonly=read_only)
-        await tx.start()
-        yield tx.commit, tx.rollback
-        return
-    if _is(conn, "psycopg", "AsyncConnection"):
-        async with _apsycopg_settings(conn, isolation, read_only):
-            ptx = conn.transaction()
-            await ptx.__aenter__()
-            yield (lambda: ptx.__aexit__(None, None, None)), (lambda: ptx.__aexit__(*sys.exc_info()))
-        return
-    session = _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession")  # else a SQLAlchemy AsyncConnection
-    options, on_psycopg = _sa_options(conn, isolation, read_only)
-    if options and not on_psycopg and not session:
-        await conn.execution_options(**options)
-    satx = conn.begin()
-    await satx.start()
-    driver = None
-    if options and session:
-        connection = await (conn.connection() if on_psycopg else conn.connection(execution_options=options))
-        driver = (await connection.get_raw_connection()).driver_connection
-    elif on_psycopg:
-        driver = (await conn.get_raw_connection()).driver_connection
-    async with _apsycopg_settings(driver, isolation, read_only) if on_psycopg else contextlib.nullcontext():
-        yield satx.commit, satx.rollback
-
-
-@contextlib.asynccontextmanager
-async def _async_transaction(conn: Any, isolation: str | None, read_only: bool,
-                             attempt: _Attempt) -> AsyncIterator[None]:
-    """The asyncio twin of :func:`_sync_transaction`."""
-    async with _async_begin(conn, isolation, read_only) as (commit, rollback):
+async def _atransaction(loop: _Loop, kind: ConnectionKind, conn: Any, attempt: _Attempt) -> AsyncIterator[None]:
+    async with kind.begin(conn, loop.isolation, loop.read_only) as (commit, rollback):
         try:
             yield
-            if _is(conn, "sqlalchemy.ext.asyncio", "AsyncSession"):
-                await conn.flush()  # pending ORM writes fail here, not during COMMIT
-            attempt.xid = None if read_only else await _async_fetch(conn, _XID_SQL)
+            if kind.session:
+                await conn.flush()
+            attempt.xid = None if loop.read_only else await kind.fetch(conn, _XID_SQL)
         except BaseException:
             with contextlib.suppress(Exception):
                 await rollback()
             raise
         attempt.xid_known = attempt.committing = True
         await commit()
+        attempt.committed = True
 
 
-async def _async_outcome(target: Any, kind: str, loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
-    """The asyncio twin of :func:`_sync_outcome`."""
+async def _aoutcome(loop: _Loop, attempt: _Attempt, lost: Exception) -> bool:
     status: str | None = None
     error: Exception | None = None
     while not isinstance(decision := loop.outcome(attempt, lost, status, error), bool):
         await asyncio.sleep(decision)
         status = error = None
         try:
-            async with _async_connection(target, kind) as (conn, raw):
-                try:
-                    status = await _async_fetch(conn, _STATUS_SQL, attempt.xid)
-                except Exception as exc:
-                    if raw is not None and _is_lost(exc, raw):
-                        await _adiscard(raw)
-                    raise
+            async with _aconnection(loop, _Attempt()) as (conn, kind):
+                status = await kind.fetch(conn, _STATUS_SQL, attempt.xid)
         except Exception as exc:
             error = exc
     return decision
@@ -719,33 +468,20 @@ async def run_transaction_async(target: Any, fn: Callable[[Any], Awaitable[T]], 
     ``lakebase.asyncpg.create_pool()``), or a coroutine function returning a new psycopg
     ``AsyncConnection`` or asyncpg connection (e.g. ``lakebase.connect_async``).
     """
-    kind = _async_kind(target)
-    isolation = _isolation(isolation_level)
-    loop = _Loop(max_attempts, deadline)
+    loop = _Loop(target, isolation_level, read_only, max_attempts, deadline, is_async=True)
     while True:
         attempt = loop.start()
         try:
-            async with _async_connection(target, kind) as (conn, raw):
-                try:
-                    async with _async_transaction(conn, isolation, read_only, attempt):
-                        result = await fn(conn)
-                except Exception as exc:
-                    if attempt.note_failure(exc, raw):
-                        await _adiscard(raw)
-                    raise
-                attempt.committed = True
+            async with _aconnection(loop, attempt) as (conn, kind), _atransaction(loop, kind, conn, attempt):
+                result = await fn(conn)
         except Exception as exc:
-            if attempt.committed:  # only giving the connection back failed
-                log.warning("returning a connection after COMMIT failed: %s", _short(exc))
-                return result
-            if loop.commit_lost(exc, attempt) and await _async_outcome(target, kind, loop, attempt, exc):
-                loop.succeeded()
-                return result
-            delay = loop.failed(exc, attempt)
+            if not (attempt.committed or (loop.commit_lost(exc, attempt) and await _aoutcome(loop, attempt, exc))):
+                await asyncio.sleep(loop.failed(exc, attempt))
+                continue
+            loop.succeeded(attempt, exc)
         else:
-            loop.succeeded()
-            return result
-        await asyncio.sleep(delay)
+            loop.succeeded(attempt)
+        return result
 
 
 __all__ = ["CommitOutcomeUnknown", "TransactionFailed", "retry_reason", "run_transaction",
