@@ -37,11 +37,10 @@ import psycopg
 from aiohttp import BasicAuth, web
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from psycopg import sql
 from psycopg_pool import PoolTimeout
 
-from .core import SUPERUSER_GROUP, RoleInfo, Runtime
 from .faults import ConfigError
+from .runtime import SUPERUSER_GROUP, RoleAttributes, RoleInfo, Runtime
 from .state import (
     CAN_MANAGE,
     CAN_USE,
@@ -62,7 +61,6 @@ EXPIRE_TIME_GRACE = 5.0  # seconds of network latency forgiven on expire_time's 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_OPERATIONS = 1000
-ROLE_ID_SETTING = "databricks_auth.role_id"  # a role-level setting: the role_id chosen at creation
 
 ID_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")  # project / branch / endpoint / database ids
 ROLE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{2,61}[a-z0-9]")  # RFC 1123, 4-63 characters
@@ -260,13 +258,13 @@ def endpoint_json(rt: Runtime, ep: Endpoint) -> dict[str, Any]:
 
 
 class RoleRow:
-    """A Postgres role with what the roles API shows beyond ``RoleInfo``."""
+    """A Postgres role as the roles API shows it."""
 
-    def __init__(self, info: RoleInfo, createdb: bool, createrole: bool, bypassrls: bool,
-                 role_id: str | None) -> None:
+    def __init__(self, info: RoleInfo, attributes: RoleAttributes) -> None:
         self.info = info
-        self.attributes = {"createdb": createdb, "createrole": createrole, "bypassrls": bypassrls}
-        self.role_id = role_id or role_id_for(info.name)
+        self.attributes = {"createdb": attributes.createdb, "createrole": attributes.createrole,
+                           "bypassrls": attributes.bypassrls}
+        self.role_id = attributes.role_id or role_id_for(info.name)
 
     @property
     def auth_method(self) -> str:
@@ -581,24 +579,11 @@ def endpoint_from_request(rt: Runtime, request: web.Request) -> Endpoint:
     return ep
 
 
-_ROLE_EXTRAS_SQL = """
-    SELECT r.rolname, r.rolcreatedb, r.rolcreaterole, r.rolbypassrls,
-           (SELECT substr(c, length('""" + ROLE_ID_SETTING + """=') + 1)
-              FROM pg_db_role_setting s, unnest(s.setconfig) c
-             WHERE s.setrole = r.oid AND s.setdatabase = 0
-               AND c LIKE '""" + ROLE_ID_SETTING + """=%%' LIMIT 1)
-      FROM pg_roles r"""
-
-
 async def role_rows(rt: Runtime) -> list[RoleRow]:
     """The branch's roles, ordered by Postgres name."""
     infos = await rt.list_roles()
-    extras = {row[0]: row[1:] for row in await rt.admin_query(_ROLE_EXTRAS_SQL)}
-    rows = []
-    for info in infos:
-        createdb, createrole, bypassrls, role_id = extras.get(info.name, (False, False, False, None))
-        rows.append(RoleRow(info, bool(createdb), bool(createrole), bool(bypassrls), role_id))
-    return rows
+    attributes = await rt.role_attributes()
+    return [RoleRow(info, attributes.get(info.name, RoleAttributes())) for info in infos]
 
 
 # ---- handlers: discovery and OAuth ---------------------------------------------------------------
@@ -865,8 +850,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
                           "read-only endpoints")
     del rt.workspace.endpoints[ep.endpoint_id]
     rt.workspace.save()
-    if rt.proxy is not None:
-        await rt.proxy.terminate_sessions(ep, "delete")
+    await rt.terminate_sessions(ep, "delete")
     log.info("deleted read-only endpoint %s", ep.name)
     operation = request.app[OPERATIONS].start(ep.parent, {})
     return web.json_response(operation)
@@ -1033,11 +1017,7 @@ async def create_role(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise bad_request(str(exc)) from None
     if wanted_id != role_id_for(name):
-        await rt.admin_query(
-            sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                sql.Identifier(name), sql.SQL(ROLE_ID_SETTING), sql.Literal(wanted_id)
-            ).as_string()
-        )
+        await rt.set_role_id(name, wanted_id)
     row = next(r for r in await role_rows(rt) if r.info.name == name)
     log.info("created role %s", row.role_id)
     operation = request.app[OPERATIONS].start(branch_name(rt, branch), role_json(rt, row))
