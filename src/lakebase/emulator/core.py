@@ -255,6 +255,10 @@ class Emulator:
         """E.g. ``emu.configure(token_ttl_seconds=5, wake_delay_seconds=1)``; raises ConfigError."""
         return self._call_sync(self.runtime.configure, values)
 
+    def config(self) -> dict[str, Any]:
+        """The settings in force (what ``configure`` changes)."""
+        return dict(self._call_sync(self.runtime.config.as_dict))
+
     def restart(self) -> int:
         return self._call(self.runtime.restart())
 

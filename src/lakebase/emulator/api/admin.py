@@ -6,28 +6,37 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 from aiohttp import web
 
+from ..control import ADMIN_ROUTES
 from ..faults import ConfigError
 from ..tokens import rfc3339
-from .http import ApiError, already_exists, bad_request, field, not_found, read_json, runtime, shown
+from .http import ApiError, Handler, already_exists, bad_request, field, not_found, read_json, runtime, shown
 from .postgres import ID_RE, IDENTITY_TYPES, endpoint_json
 
 routes = web.RouteTableDef()
 
 
-@routes.get("/emulator/stats")
+def admin_route(operation: str) -> Callable[[Handler], Handler]:
+    """Serve ``operation`` of the control contract at its ``ADMIN_ROUTES`` method and path."""
+    method, path = ADMIN_ROUTES[operation]
+    mark: Callable[[Handler], Handler] = routes.get(path) if method == "GET" else routes.post(path)
+    return mark
+
+
+@admin_route("stats")
 async def admin_stats(request: web.Request) -> web.Response:
     return web.json_response(runtime(request).stats_dict())
 
 
-@routes.get("/emulator/config")
+@admin_route("config")
 async def admin_get_config(request: web.Request) -> web.Response:
     return web.json_response(runtime(request).config.as_dict())
 
 
-@routes.post("/emulator/config")
+@admin_route("configure")
 async def admin_set_config(request: web.Request) -> web.Response:
     body = await read_json(request)
     try:
@@ -36,14 +45,14 @@ async def admin_set_config(request: web.Request) -> web.Response:
         raise bad_request(str(exc)) from None
 
 
-@routes.post("/emulator/faults/restart")
+@admin_route("restart")
 async def admin_restart(request: web.Request) -> web.Response:
     rt = runtime(request)
     ended = await rt.restart()
     return web.json_response({"sessions_terminated": ended, "restart_seconds": rt.config.restart_seconds})
 
 
-@routes.post("/emulator/faults/suspend")
+@admin_route("suspend")
 async def admin_suspend(request: web.Request) -> web.Response:
     rt = runtime(request)
     body = await read_json(request)
@@ -58,7 +67,7 @@ async def admin_suspend(request: web.Request) -> web.Response:
     return web.json_response({"endpoint": ep.name, "state": ep.state, "sessions_terminated": ended})
 
 
-@routes.post("/emulator/faults/credential-outage")
+@admin_route("credential_outage")
 async def admin_credential_outage(request: web.Request) -> web.Response:
     rt = runtime(request)
     body = await read_json(request)
@@ -72,7 +81,7 @@ async def admin_credential_outage(request: web.Request) -> web.Response:
     return web.json_response({"status": status, "seconds": seconds})
 
 
-@routes.post("/emulator/faults/api-hang")
+@admin_route("api_hang")
 async def admin_api_hang(request: web.Request) -> web.Response:
     rt = runtime(request)
     seconds = field(await read_json(request), "seconds", (int, float), required=True)
@@ -83,13 +92,13 @@ async def admin_api_hang(request: web.Request) -> web.Response:
     return web.json_response({"seconds": seconds})
 
 
-@routes.post("/emulator/faults/expire-tokens")
+@admin_route("expire_tokens")
 async def admin_expire_tokens(request: web.Request) -> web.Response:
     runtime(request).expire_tokens()
     return web.json_response({"expired_before": rfc3339(time.time())})
 
 
-@routes.post("/emulator/identities")
+@admin_route("add_identity")
 async def admin_add_identity(request: web.Request) -> web.Response:
     """Body ``{"type": USER|SERVICE_PRINCIPAL|GROUP, "name"?, "display_name"?}``; a service principal's
     name (its application id) is generated when absent. Answers the identity with its PAT or secret."""
@@ -114,7 +123,7 @@ async def admin_add_identity(request: web.Request) -> web.Response:
                               "client_secret": ident.client_secret})
 
 
-@routes.post("/emulator/endpoints")
+@admin_route("add_read_only_endpoint")
 async def admin_add_endpoint(request: web.Request) -> web.Response:
     """Body ``{"endpoint_id"}``: a read-only endpoint on the default branch, at once (idempotent)."""
     rt = runtime(request)
