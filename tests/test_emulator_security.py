@@ -201,7 +201,7 @@ def test_secret_files_are_private_from_creation(tmp_path: Path, monkeypatch: pyt
 
 def test_extension_scripts_define_the_same_function() -> None:
     """The 1.0 -> 1.1 update and a fresh 1.1 install must leave the same databricks_create_role."""
-    from lakebase.emulator.core import EXTENSION_SOURCE
+    from lakebase.emulator.runtime import EXTENSION_SOURCE
 
     def function(name: str) -> str:
         text = (EXTENSION_SOURCE / name).read_text()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .control import ADMIN_ROUTES
 from .faults import ConfigError
 
 
@@ -42,7 +43,9 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 class EmulatorProcess:
-    """``with EmulatorProcess(data_dir) as emu:`` — a ``lakebase emulator start`` child process."""
+    """``with EmulatorProcess(data_dir) as emu:`` — a ``lakebase emulator start`` child process.
+
+    Keeps the ``EmulatorControl`` contract (``control.py``) through the admin API (``ADMIN_ROUTES``)."""
 
     def __init__(self, data_dir: str | Path, *, api_port: int = 0, pg_port: int = 0,
                  token_ttl: float | None = None, startup_timeout: float = 60.0) -> None:
@@ -155,29 +158,29 @@ class EmulatorProcess:
             raise RuntimeError(f"{method} {path}: {exc.code} {message}") from None
 
     def configure(self, **values: Any) -> dict[str, Any]:
-        return dict(self.admin("POST", "/emulator/config", values))
+        return dict(self.admin(*ADMIN_ROUTES["configure"], values))
 
     def config(self) -> dict[str, Any]:
-        return dict(self.admin("GET", "/emulator/config"))
+        return dict(self.admin(*ADMIN_ROUTES["config"]))
 
     def restart(self) -> int:
-        return int(self.admin("POST", "/emulator/faults/restart", {}).get("sessions_terminated", 0))
+        return int(self.admin(*ADMIN_ROUTES["restart"], {}).get("sessions_terminated", 0))
 
     def suspend(self, endpoint: str | None = None) -> int:
         body = {"endpoint": endpoint} if endpoint else {}
-        return int(self.admin("POST", "/emulator/faults/suspend", body).get("sessions_terminated", 0))
+        return int(self.admin(*ADMIN_ROUTES["suspend"], body).get("sessions_terminated", 0))
 
     def credential_outage(self, seconds: float, status: int = 503) -> None:
-        self.admin("POST", "/emulator/faults/credential-outage", {"seconds": seconds, "status": status})
+        self.admin(*ADMIN_ROUTES["credential_outage"], {"seconds": seconds, "status": status})
 
     def api_hang(self, seconds: float) -> None:
-        self.admin("POST", "/emulator/faults/api-hang", {"seconds": seconds})
+        self.admin(*ADMIN_ROUTES["api_hang"], {"seconds": seconds})
 
     def expire_tokens(self) -> None:
-        self.admin("POST", "/emulator/faults/expire-tokens", {})
+        self.admin(*ADMIN_ROUTES["expire_tokens"], {})
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.admin("GET", "/emulator/stats"))
+        return dict(self.admin(*ADMIN_ROUTES["stats"]))
 
     def endpoint_state(self, endpoint: str | None = None) -> str:
         states: dict[str, str] = self.stats()["endpoints"]
@@ -188,7 +191,7 @@ class EmulatorProcess:
         raise KeyError(f"unknown endpoint {name!r}; known: {', '.join(states)}")
 
     def _add_identity(self, type_: str, name: str | None, display_name: str | None) -> RemoteIdentity:
-        data = self.admin("POST", "/emulator/identities",
+        data = self.admin(*ADMIN_ROUTES["add_identity"],
                           {"type": type_, "name": name, "display_name": display_name})
         return RemoteIdentity(data["name"], data["type"], data["display_name"], data.get("pat"),
                               data.get("client_secret"))
@@ -203,4 +206,4 @@ class EmulatorProcess:
         return self._add_identity("GROUP", name, None)
 
     def add_read_only_endpoint(self, endpoint_id: str) -> dict[str, Any]:
-        return dict(self.admin("POST", "/emulator/endpoints", {"endpoint_id": endpoint_id}))
+        return dict(self.admin(*ADMIN_ROUTES["add_read_only_endpoint"], {"endpoint_id": endpoint_id}))

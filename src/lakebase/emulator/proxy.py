@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from . import wire
+from .runtime import TERMINATE_WAIT_MS, Runtime
 from .state import ACTIVE, IDLE, INIT, Endpoint
 from .tokens import DATABASE_AUDIENCE, InvalidToken
 
 if TYPE_CHECKING:
-    from .core import Runtime
     from .postgres import PostgresServer
 
 log = logging.getLogger("lakebase.emulator.proxy")
@@ -42,7 +42,6 @@ DECODE_FAILED = (
 )
 LOGIN_TIMEOUT = 30.0
 REAPER_INTERVAL = 0.1
-TERMINATE_WAIT_MS = 5000  # how long ending a session may wait for its backend to exit and its client to be told
 CHUNK = 256 * 1024
 
 
@@ -427,10 +426,7 @@ class Proxy:
         ended: list[Session] = []
         try:
             for server, group in by_server.items():
-                # Waits (up to TERMINATE_WAIT_MS) for each backend to exit, so that when a fault returns its
-                # sessions are over, not merely signalled.
-                await self.rt.admin_query("SELECT pg_terminate_backend(p, %s) FROM unnest(%s::int[]) p",
-                                          (TERMINATE_WAIT_MS, [s.backend_pid for s in group]), server=server)
+                await self.rt.terminate_backends(server, [s.backend_pid for s in group])
                 ended += group
         except BaseException:
             for group in by_server.values():  # let a later attempt (the reaper, the next fault) try again

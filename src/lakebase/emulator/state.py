@@ -227,6 +227,10 @@ class Workspace:
         return ep
 
     @property
+    def project_name(self) -> str:
+        return f"projects/{self.project_id}"
+
+    @property
     def primary(self) -> Endpoint:
         return self.endpoints[PRIMARY_ENDPOINT]
 

@@ -1,0 +1,89 @@
+"""The control contract: what a test or benchmark can do to a running emulator, whichever handle it has.
+
+``Emulator`` (in process, ``core.py``) and ``EmulatorProcess`` (a child process, ``process.py``) both
+keep ``EmulatorControl``; the admin HTTP API (``api/admin.py``) is the same contract over HTTP, one
+route per operation in ``ADMIN_ROUTES`` (``EmulatorProcess`` calls exactly these).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, Self, runtime_checkable
+
+# Operation -> (method, path) of the admin API; "add_identity" serves add_user, add_service_principal
+# and add_group.
+ADMIN_ROUTES: dict[str, tuple[str, str]] = {
+    "stats": ("GET", "/emulator/stats"),
+    "config": ("GET", "/emulator/config"),
+    "configure": ("POST", "/emulator/config"),
+    "restart": ("POST", "/emulator/faults/restart"),
+    "suspend": ("POST", "/emulator/faults/suspend"),
+    "credential_outage": ("POST", "/emulator/faults/credential-outage"),
+    "expire_tokens": ("POST", "/emulator/faults/expire-tokens"),
+    "api_hang": ("POST", "/emulator/faults/api-hang"),
+    "add_identity": ("POST", "/emulator/identities"),
+    "add_read_only_endpoint": ("POST", "/emulator/endpoints"),
+}
+
+
+class IdentityView(Protocol):
+    """A workspace identity as a handle returns it (``state.Identity`` or ``process.RemoteIdentity``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...  # USER | SERVICE_PRINCIPAL | GROUP
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def pat(self) -> str | None: ...
+    @property
+    def client_secret(self) -> str | None: ...
+
+
+@runtime_checkable
+class EmulatorControl(Protocol):
+    """Start, stop, connection facts, identities, faults, config and stats of one emulator."""
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    def start(self) -> Self: ...
+    def stop(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+    # ---- connection facts (also in user.env / app.env) ----
+    @property
+    def api_url(self) -> str: ...
+    @property
+    def pg_port(self) -> int: ...
+    @property
+    def ca_file(self) -> Path: ...
+    @property
+    def endpoint_name(self) -> str: ...
+    @property
+    def owner(self) -> IdentityView: ...
+    @property
+    def app(self) -> IdentityView: ...
+    @property
+    def user_env(self) -> dict[str, str]: ...
+    @property
+    def app_env(self) -> dict[str, str]: ...
+
+    # ---- the admin API's operations (ADMIN_ROUTES) ----
+    def stats(self) -> dict[str, Any]: ...
+    def config(self) -> dict[str, Any]: ...
+    def configure(self, **values: Any) -> dict[str, Any]: ...  # raises ConfigError
+    def restart(self) -> int: ...  # sessions ended
+    def suspend(self, endpoint: str | None = None) -> int: ...  # sessions ended
+    def credential_outage(self, seconds: float, status: int = 503) -> None: ...
+    def expire_tokens(self) -> None: ...
+    def api_hang(self, seconds: float) -> None: ...
+    def add_user(self, email: str) -> IdentityView: ...
+    def add_service_principal(self, display_name: str = "service-principal") -> IdentityView: ...
+    def add_group(self, name: str) -> IdentityView: ...
+    # In process the ``state.Endpoint``; over HTTP its JSON (as the postgres API shows endpoints).
+    def add_read_only_endpoint(self, endpoint_id: str) -> Any: ...
+
+    def endpoint_state(self, endpoint: str | None = None) -> str: ...
