@@ -5,6 +5,7 @@
     lakebase emulator start     a local Lakebase (foreground; Ctrl-C stops it)
     lakebase demo               emulator + schema + the Flask notes app under gunicorn (``make demo``)
     lakebase init-schema        the tutorial's step 2, idempotent, as the project owner
+    lakebase wait [--timeout S] wait until the database takes a login (exit 0/1/2)
     lakebase doctor             check configuration, endpoint, DNS, TCP, TLS, token, login, privileges
     lakebase psql [-- ARGS]     the system psql with a fresh token (kept fresh while psql runs)
     lakebase token [--json]     a database credential
@@ -461,6 +462,46 @@ def init_schema_command(app_client_id: str, identity_type: str | None, schema: s
         click.echo(f"- {action}")
     if not report.role_created and not report.table_created:
         click.echo(f"role {report.role!r} and table {schema}.{table} were already there (nothing lost)")
+
+
+# ---- wait ------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for a login.")
+@click.option("--json", "as_json", is_flag=True, help="Print {target, user, database, seconds, attempts}.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when ready.")
+def wait(timeout: float, as_json: bool, quiet: bool) -> None:
+    """Wait until the database takes a login (waking a scaled-to-zero compute); for start commands.
+
+    E.g. `lakebase wait --timeout 120 && alembic upgrade head && gunicorn app:app`. It logs in as the
+    library would (same environment, a fresh token) and runs SELECT 1, retrying through wake-ups,
+    restarts and workspace API outages until the timeout; it stops at once on what waiting cannot cure.
+
+    \b
+    Exit status:
+      0  ready: a login and SELECT 1 worked
+      1  not ready within --timeout (transient: the compute still waking, the API down, ...)
+      2  permanent: configuration, authentication or permission error (the message says the fix)
+    """
+    from .errors import LakebaseError
+    from .startup import EXIT_NOT_READY, EXIT_PERMANENT, NotReady, wait_until_ready
+
+    _configure_logging(False)
+    try:
+        with progress(f"waiting up to {timeout:g}s for a login", always=not quiet):
+            ready = wait_until_ready(timeout, token_refresh="lazy")
+    except NotReady as exc:
+        _fail(str(exc), EXIT_NOT_READY)
+    except LakebaseError as exc:
+        _fail(str(exc), EXIT_PERMANENT)
+    except ValueError as exc:  # the SDK's configuration errors
+        if type(exc).__module__.startswith(("databricks", "lakebase")):
+            _fail(str(exc), EXIT_PERMANENT)
+        raise
+    if as_json:
+        click.echo(json.dumps(ready.as_dict()))
+    elif not quiet:
+        click.echo(f"ready: {ready.user}@{ready.target}/{ready.database} in {ready.seconds:.1f}s")
 
 
 # ---- doctor ---------------------------------------------------------------------------------------
