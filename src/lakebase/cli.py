@@ -5,6 +5,7 @@
     lakebase emulator start     a local Lakebase (foreground; Ctrl-C stops it)
     lakebase demo               emulator + schema + the Flask notes app under gunicorn (``make demo``)
     lakebase init-schema        the tutorial's step 2, idempotent, as the project owner
+    lakebase grant ROLE         privileges for an app's role, now and for later tables
     lakebase wait [--timeout S] wait until the database takes a login (exit 0/1/2)
     lakebase doctor             check configuration, endpoint, DNS, TCP, TLS, token, login, privileges
     lakebase psql [-- ARGS]     the system psql with a fresh token (kept fresh while psql runs)
@@ -462,6 +463,56 @@ def init_schema_command(app_client_id: str, identity_type: str | None, schema: s
         click.echo(f"- {action}")
     if not report.role_created and not report.table_created:
         click.echo(f"role {report.role!r} and table {schema}.{table} were already there (nothing lost)")
+
+
+# ---- grant -----------------------------------------------------------------------------------------
+@main.command("grant")
+@click.argument("role")
+@click.option("--schema", "schemas", multiple=True, default=("public",), show_default=True,
+              help="A schema to grant on (repeatable).")
+@click.option("--read-only", is_flag=True, help="SELECT only (no CREATE on the schema, no writes).")
+@click.option("--create-role", type=click.Choice(["service_principal", "user", "group"]), default=None,
+              help="Create the OAuth role with databricks_create_role when it is missing.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def grant_command(role: str, schemas: tuple[str, ...], read_only: bool, create_role: str | None, dry_run: bool,
+                  as_json: bool) -> None:
+    """Grant ROLE (an app's client id, an email, a group) what an app needs, now and for later tables.
+
+    CONNECT on the database; USAGE (and CREATE unless --read-only) on each schema; SELECT, INSERT,
+    UPDATE, DELETE (SELECT) on all its tables and USAGE, SELECT (SELECT) on all its sequences; and
+    ALTER DEFAULT PRIVILEGES for tables and sequences created later. Default privileges cover objects
+    created later by the role running this command (run it as the project owner, or as whoever
+    creates the tables). Idempotent: it prints what it changed.
+    """
+    import psycopg
+
+    from .grants import grant
+
+    try:
+        with progress("connecting"):
+            report = grant(role, schemas=schemas, read_only=read_only, create_role=create_role, dry_run=dry_run,
+                           token_refresh="lazy")
+    except psycopg.Error as exc:
+        from ._redact import redact
+
+        _fail(f"granting failed: {redact(str(exc)).strip()} (run it as the project owner, or as the owner of "
+              "the schemas' tables)")
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+        return
+    if dry_run:
+        for statement in report.statements:
+            click.echo(statement)
+        return
+    for change in report.changed:
+        click.echo(f"+ {change}")
+    if not report.changed:
+        click.echo(f"{report.role} already had every privilege (nothing changed)")
+    click.echo(f"note: {report.note}", err=True)
 
 
 # ---- wait ------------------------------------------------------------------------------------------
