@@ -5,6 +5,7 @@
     lakebase emulator start     a local Lakebase (foreground; Ctrl-C stops it)
     lakebase demo               emulator + schema + the Flask notes app under gunicorn (``make demo``)
     lakebase init-schema        the tutorial's step 2, idempotent, as the project owner
+    lakebase alembic-init DIR   an Alembic environment that migrates with lakebase's engine
     lakebase grant ROLE         privileges for an app's role, now and for later tables
     lakebase wait [--timeout S] wait until the database takes a login (exit 0/1/2)
     lakebase doctor             check configuration, endpoint, DNS, TCP, TLS, token, login, privileges
@@ -513,6 +514,35 @@ def grant_command(role: str, schemas: tuple[str, ...], read_only: bool, create_r
     if not report.changed:
         click.echo(f"{report.role} already had every privilege (nothing changed)")
     click.echo(f"note: {report.note}", err=True)
+
+
+# ---- alembic-init ----------------------------------------------------------------------------------
+@main.command("alembic-init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--ini", default="alembic.ini", show_default=True, type=click.Path(dir_okay=False),
+              help="The Alembic config file to write (kept if it exists).")
+def alembic_init(directory: str, ini: str) -> None:
+    """Write an Alembic environment in DIRECTORY whose env.py migrates Lakebase with lakebase's engine.
+
+    Like `alembic init`, but env.py calls lakebase.alembic.run_migrations: a fresh OAuth token for each
+    login, retries through wake-ups and restarts, online and offline (--sql) modes, and no token or
+    password in alembic.ini (the target comes from the environment: ENDPOINT_NAME, PGHOST, PGUSER, ...).
+    Then: alembic revision -m "first" && alembic upgrade head.
+    """
+    try:
+        from .alembic import init
+    except ModuleNotFoundError as exc:
+        _fail(str(exc))
+    from alembic.util import CommandError
+
+    try:
+        written = init(directory, ini)
+    except CommandError as exc:
+        _fail(str(exc))
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: set target_metadata in {Path(directory) / 'env.py'} (for --autogenerate), then "
+               "`alembic revision -m \"first\"` and `alembic upgrade head`", err=True)
 
 
 # ---- wait ------------------------------------------------------------------------------------------
