@@ -48,11 +48,24 @@ def alembic(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
     return run(cwd, env, "-m", "alembic", *args)
 
 
+def alembic_init(cwd: Path) -> Any:
+    from click.testing import CliRunner
+
+    from lakebase.cli import main
+
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, ["alembic-init", "migrations"])
+    finally:
+        os.chdir(old)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """`lakebase alembic-init migrations` in an empty directory."""
-    result = run(tmp_path, {}, "-m", "lakebase", "alembic-init", "migrations")
-    assert result.returncode == 0, result.stderr
+    result = alembic_init(tmp_path)
+    assert result.exit_code == 0, result.output
     return tmp_path
 
 
@@ -88,8 +101,8 @@ def test_init_writes_an_env_py_with_no_secret(project: Path) -> None:
     ini = (project / "alembic.ini").read_text()
     assert "driver://user:pass" not in ini
     assert [line for line in ini.splitlines() if line.startswith("sqlalchemy.url")] == ["sqlalchemy.url ="]
-    again = run(project, {}, "-m", "lakebase", "alembic-init", "migrations")
-    assert again.returncode == 1 and "not empty" in again.stderr
+    again = alembic_init(project)
+    assert again.exit_code == 1 and "not empty" in again.output
 
 
 def test_upgrade_head_as_the_owner_from_the_environment(emulator: Emulator, project: Path, schema: str,
