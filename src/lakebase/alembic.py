@@ -29,7 +29,7 @@ from typing import Any
 from ._extras import requires_extra
 
 with requires_extra("alembic", __name__):
-    import alembic.context  # noqa: F401 - the extra's dependency, named when missing
+    import alembic  # noqa: F401 - the extra's dependency, named when missing
     from sqlalchemy import pool
 
 from .errors import ConfigurationError
