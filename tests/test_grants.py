@@ -146,6 +146,9 @@ def test_cli_prints_the_changes_then_nothing(emulator: Emulator, schema: str, sp
 def test_cli_missing_role_exits_1_with_the_fix(emulator: Emulator, sp: Any) -> None:
     result = run_grant(emulator, sp.name)
     assert result.returncode == 1 and "--create-role" in result.stderr
+    dry = run_grant(emulator, sp.name, "--dry-run")
+    assert dry.returncode == 0 and "does not exist: add --create-role" in dry.stderr
+    assert f'GRANT CONNECT ON DATABASE "databricks_postgres" TO "{sp.name}";' in dry.stdout
 
 
 def test_init_schema_covers_tables_created_later(emulator: Emulator, user_env: dict[str, str], sp: Any) -> None:

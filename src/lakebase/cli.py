@@ -440,9 +440,10 @@ def init_schema_command(app_client_id: str, identity_type: str | None, schema: s
     """The tutorial's step 2, idempotent: the app's role, its grants, the notes table and sample notes.
 
     Run it as the project owner (your PAT or `databricks auth login`, PGUSER = your email): it uses
-    CREATE EXTENSION databricks_auth, databricks_create_role, GRANTs (including the id sequence the
-    tutorial forgets, without which the app cannot INSERT) and CREATE TABLE IF NOT EXISTS. Running it
-    again changes nothing and keeps your notes.
+    CREATE TABLE IF NOT EXISTS and what `lakebase grant APP_CLIENT_ID --schema SCHEMA --create-role ...`
+    does (databricks_create_role, the schema's tables and sequences, including the id sequence the
+    tutorial forgets, without which the app cannot INSERT, and default privileges for tables you
+    create later). Running it again changes nothing and keeps your notes.
     """
     import psycopg
 
@@ -506,6 +507,8 @@ def grant_command(role: str, schemas: tuple[str, ...], read_only: bool, create_r
         click.echo(json.dumps(report.as_dict()))
         return
     if dry_run:
+        if not report.role_exists and not create_role:
+            click.echo(f"-- the role {report.role!r} does not exist: add --create-role to create it first", err=True)
         for statement in report.statements:
             click.echo(statement)
         return

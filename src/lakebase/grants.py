@@ -51,6 +51,7 @@ class GrantReport:
     read_only: bool
     owner: str
     role_created: bool = False
+    role_exists: bool = True
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)
@@ -62,6 +63,7 @@ class GrantReport:
     def as_dict(self) -> dict[str, Any]:
         return {"role": self.role, "database": self.database, "schemas": list(self.schemas),
                 "read_only": self.read_only, "owner": self.owner, "role_created": self.role_created,
+                "role_exists": self.role_exists,
                 "changed": list(self.changed), "unchanged": list(self.unchanged),
                 "statements": list(self.statements), "note": self.note}
 
@@ -199,6 +201,7 @@ def grant(role: str, *, schemas: Sequence[str] = ("public",), read_only: bool = 
                 raise ValueError(f"schema {', '.join(missing)} does not exist in database {database}: create it "
                                  "first (CREATE SCHEMA ...), or check --schema")
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+            report.role_exists = exists
             if not exists and create_role is None and not dry_run:
                 raise ValueError(
                     f"the Postgres role {role!r} does not exist: pass --create-role service_principal (an app's "
