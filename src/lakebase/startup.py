@@ -45,7 +45,8 @@ class NotReady(ConnectionFailed):
 
 @dataclass(frozen=True)
 class Ready:
-    """A login that worked: who, where, and how long it took."""
+    """A login that worked: who, where, how long it took, and how many rounds of connect-with-retry
+    (each with its own retries inside) it took."""
 
     target: str
     user: str
