@@ -547,3 +547,82 @@ def test_emulator_start_listens_on_5432_when_free(port_data_dir: Path) -> None:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         _stop(proc)
+
+
+# ---- doctor: what teams get wrong next -------------------------------------------------------------------
+def test_doctor_an_instance_name_given_as_the_endpoint(emulator: Any) -> None:
+    code, report = doctor({**emulator.user_env, "ENDPOINT_NAME": "emulator-instance"})
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "configuration"
+    assert "is a Lakebase Provisioned instance" in bad["fix"] and "LAKEBASE_INSTANCE_NAME=emulator-instance" \
+        in bad["fix"], bad
+
+
+def test_doctor_an_endpoint_name_given_as_the_instance(emulator: Any) -> None:
+    env = {k: v for k, v in emulator.user_env.items() if k != "ENDPOINT_NAME"}
+    code, report = doctor({**env, "LAKEBASE_INSTANCE_NAME": emulator.endpoint_name})
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "configuration"
+    assert f"set ENDPOINT_NAME={emulator.endpoint_name} and unset LAKEBASE_INSTANCE_NAME" in bad["fix"], bad
+
+
+def test_doctor_a_wrong_database_lists_the_databases(emulator: Any) -> None:
+    code, report = doctor({**emulator.user_env, "PGDATABASE": "databricks_postgress"})
+    bad = failed(report)
+    assert code == 1 and bad["name"] == "login" and "'databricks_postgress' does not exist" in bad["summary"]
+    assert "the databases are: " in bad["fix"] and "databricks_postgres" in bad["fix"].split("are: ")[1], bad
+
+
+def test_doctor_a_pat_as_pgpassword(emulator: Any, app_role: str) -> None:
+    code, report = doctor({**emulator.user_env, "PGPASSWORD": emulator.owner.pat})
+    token = check(report, "token")
+    assert code == 0 and token["status"] == "warn", report
+    assert "PGPASSWORD holds a Databricks personal access token" in token["summary"]
+    assert "unset PGPASSWORD" in token["fix"] and "lakebase psql" in token["fix"]
+
+
+def test_doctor_the_workspace_oauth_token_as_pgpassword(emulator: Any, app_role: str) -> None:
+    from .lakebase_support import m2m_client
+
+    bearer = m2m_client(emulator).config.authenticate()["Authorization"].removeprefix("Bearer ")
+    code, report = doctor({**emulator.app_env, "PGPASSWORD": bearer})
+    login = check(report, "login")
+    assert code == 0 and login["status"] == "warn", report
+    assert "PGPASSWORD is refused by Postgres" in login["summary"] and "workspace OAuth token" in login["summary"]
+    assert "unset PGPASSWORD" in login["fix"] and "lakebase token" in login["fix"]
+    assert bearer not in json.dumps(report)
+
+
+def test_doctor_no_warning_for_a_database_credential_as_pgpassword(emulator: Any, app_role: str) -> None:
+    from .conftest import owner_token
+
+    code, report = doctor({**emulator.user_env, "PGPASSWORD": owner_token(emulator)})
+    assert code == 0 and check(report, "token")["status"] == "ok" and check(report, "login")["status"] == "ok", \
+        report
+
+
+def test_doctor_the_macos_resolver_failure(emulator: Any, app_role: str, user_env: dict[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system resolver cannot resolve the host (as macOS's cannot resolve some Lakebase names; this
+    cannot happen for real here, so getaddrinfo and the DNS query are replaced); lakebase's own DNS can."""
+    import socket
+
+    from lakebase import doctor as doctor_module
+    from lakebase import endpoints
+
+    host = user_env["PGHOST"]
+    real = socket.getaddrinfo
+
+    def getaddrinfo(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if name == host:
+            raise socket.gaierror(socket.EAI_NONAME, "nodename nor servname provided, or not known")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(endpoints, "query_dns", lambda name, *a, **k: "127.0.0.1")
+    monkeypatch.setattr(endpoints, "_dns_cache", {})
+    results = {c.name: c for c in doctor_module.run(timeout=2)}
+    dns = results["dns"]
+    assert dns.status == "warn" and "not by the system resolver" in dns.summary, dns
+    assert dns.fix and "lakebase psql" in dns.fix and "PGHOSTADDR=127.0.0.1" in dns.fix
+    assert results["login"].status == "ok", results["login"]

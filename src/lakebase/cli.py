@@ -5,6 +5,9 @@
     lakebase emulator start     a local Lakebase (foreground; Ctrl-C stops it)
     lakebase demo               emulator + schema + the Flask notes app under gunicorn (``make demo``)
     lakebase init-schema        the tutorial's step 2, idempotent, as the project owner
+    lakebase alembic-init DIR   an Alembic environment that migrates with lakebase's engine
+    lakebase grant ROLE         privileges for an app's role, now and for later tables
+    lakebase wait [--timeout S] wait until the database takes a login (exit 0/1/2)
     lakebase doctor             check configuration, endpoint, DNS, TCP, TLS, token, login, privileges
     lakebase psql [-- ARGS]     the system psql with a fresh token (kept fresh while psql runs)
     lakebase token [--json]     a database credential
@@ -437,9 +440,10 @@ def init_schema_command(app_client_id: str, identity_type: str | None, schema: s
     """The tutorial's step 2, idempotent: the app's role, its grants, the notes table and sample notes.
 
     Run it as the project owner (your PAT or `databricks auth login`, PGUSER = your email): it uses
-    CREATE EXTENSION databricks_auth, databricks_create_role, GRANTs (including the id sequence the
-    tutorial forgets, without which the app cannot INSERT) and CREATE TABLE IF NOT EXISTS. Running it
-    again changes nothing and keeps your notes.
+    CREATE TABLE IF NOT EXISTS and what `lakebase grant APP_CLIENT_ID --schema SCHEMA --create-role ...`
+    does (databricks_create_role, the schema's tables and sequences, including the id sequence the
+    tutorial forgets, without which the app cannot INSERT, and default privileges for tables you
+    create later). Running it again changes nothing and keeps your notes.
     """
     import psycopg
 
@@ -461,6 +465,127 @@ def init_schema_command(app_client_id: str, identity_type: str | None, schema: s
         click.echo(f"- {action}")
     if not report.role_created and not report.table_created:
         click.echo(f"role {report.role!r} and table {schema}.{table} were already there (nothing lost)")
+
+
+# ---- grant -----------------------------------------------------------------------------------------
+@main.command("grant")
+@click.argument("role")
+@click.option("--schema", "schemas", multiple=True, default=("public",), show_default=True,
+              help="A schema to grant on (repeatable).")
+@click.option("--read-only", is_flag=True, help="SELECT only (no CREATE on the schema, no writes).")
+@click.option("--create-role", type=click.Choice(["service_principal", "user", "group"]), default=None,
+              help="Create the OAuth role with databricks_create_role when it is missing.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def grant_command(role: str, schemas: tuple[str, ...], read_only: bool, create_role: str | None, dry_run: bool,
+                  as_json: bool) -> None:
+    """Grant ROLE (an app's client id, an email, a group) what an app needs, now and for later tables.
+
+    CONNECT on the database; USAGE (and CREATE unless --read-only) on each schema; SELECT, INSERT,
+    UPDATE, DELETE (SELECT) on all its tables and USAGE, SELECT (SELECT) on all its sequences; and
+    ALTER DEFAULT PRIVILEGES for tables and sequences created later. Default privileges cover objects
+    created later by the role running this command (run it as the project owner, or as whoever
+    creates the tables). Idempotent: it prints what it changed.
+    """
+    import psycopg
+
+    from .grants import grant
+
+    try:
+        with progress("connecting"):
+            report = grant(role, schemas=schemas, read_only=read_only, create_role=create_role, dry_run=dry_run,
+                           token_refresh="lazy")
+    except psycopg.Error as exc:
+        from ._redact import redact
+
+        _fail(f"granting failed: {redact(str(exc)).strip()} (run it as the project owner, or as the owner of "
+              "the schemas' tables)")
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+        return
+    if dry_run:
+        if not report.role_exists and not create_role:
+            click.echo(f"-- the role {report.role!r} does not exist: add --create-role to create it first", err=True)
+        for statement in report.statements:
+            click.echo(statement)
+        return
+    for change in report.changed:
+        click.echo(f"+ {change}")
+    if not report.changed:
+        click.echo(f"{report.role} already had every privilege (nothing changed)")
+    click.echo(f"note: {report.note}", err=True)
+
+
+# ---- alembic-init ----------------------------------------------------------------------------------
+@main.command("alembic-init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--ini", default="alembic.ini", show_default=True, type=click.Path(dir_okay=False),
+              help="The Alembic config file to write (kept if it exists).")
+def alembic_init(directory: str, ini: str) -> None:
+    """Write an Alembic environment in DIRECTORY whose env.py migrates Lakebase with lakebase's engine.
+
+    Like `alembic init`, but env.py calls lakebase.alembic.run_migrations: a fresh OAuth token for each
+    login, retries through wake-ups and restarts, online and offline (--sql) modes, and no token or
+    password in alembic.ini (the target comes from the environment: ENDPOINT_NAME, PGHOST, PGUSER, ...).
+    Then: alembic revision -m "first" && alembic upgrade head.
+    """
+    try:
+        from .alembic import init
+    except ModuleNotFoundError as exc:
+        _fail(str(exc))
+    from alembic.util import CommandError
+
+    try:
+        written = init(directory, ini)
+    except CommandError as exc:
+        _fail(str(exc))
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: set target_metadata in {Path(directory) / 'env.py'} (for --autogenerate), then "
+               "`alembic revision -m \"first\"` and `alembic upgrade head`", err=True)
+
+
+# ---- wait ------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for a login.")
+@click.option("--json", "as_json", is_flag=True, help="Print {target, user, database, seconds, attempts}.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing when ready.")
+def wait(timeout: float, as_json: bool, quiet: bool) -> None:
+    """Wait until the database takes a login (waking a scaled-to-zero compute); for start commands.
+
+    E.g. `lakebase wait --timeout 120 && alembic upgrade head && gunicorn app:app`. It logs in as the
+    library would (same environment, a fresh token) and runs SELECT 1, retrying through wake-ups,
+    restarts and workspace API outages until the timeout; it stops at once on what waiting cannot cure.
+
+    \b
+    Exit status:
+      0  ready: a login and SELECT 1 worked
+      1  not ready within --timeout (transient: the compute still waking, the API down, ...)
+      2  permanent: configuration, authentication or permission error (the message says the fix)
+    """
+    from .errors import LakebaseError
+    from .startup import EXIT_NOT_READY, EXIT_PERMANENT, NotReady, wait_until_ready
+
+    _configure_logging(False)
+    try:
+        with progress(f"waiting up to {timeout:g}s for a login", always=not quiet):
+            ready = wait_until_ready(timeout, token_refresh="lazy")
+    except NotReady as exc:
+        _fail(str(exc), EXIT_NOT_READY)
+    except LakebaseError as exc:
+        _fail(str(exc), EXIT_PERMANENT)
+    except ValueError as exc:  # the SDK's configuration errors
+        if type(exc).__module__.startswith(("databricks", "lakebase")):
+            _fail(str(exc), EXIT_PERMANENT)
+        raise
+    if as_json:
+        click.echo(json.dumps(ready.as_dict()))
+    elif not quiet:
+        click.echo(f"ready: {ready.user}@{ready.target}/{ready.database} in {ready.seconds:.1f}s")
 
 
 # ---- doctor ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ exits non-zero when one failed. Nothing here prints a token.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import ssl
@@ -134,7 +135,7 @@ def _configuration(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
         ctx.settings = Settings(api_timeout=ctx.timeout, connect_timeout=ctx.timeout,
                                 connect_deadline=max(ctx.timeout * 3, 10.0))
     except ConfigurationError as exc:
-        raise _Failed(_problem(exc), exc.fix) from exc
+        raise _Failed(_problem(exc), _product_mixup(exc, ctx.timeout) or exc.fix) from exc
     try:
         ctx.workspace_client = _sdk.default_workspace_client(ctx.timeout)
     except ConfigurationError as exc:
@@ -238,13 +239,23 @@ def _dns(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
     if not addresses:
         if ctx.api_host and ctx.api_host != host:
             fix = f"set PGHOST={ctx.api_host} (the endpoint's host), or unset PGHOST"
+        elif importlib.util.find_spec("dns") is None:
+            fix = ("install dnspython (pip install \"lakebase[psycopg]\"): when the system resolver fails (a known "
+                   "macOS problem with Lakebase host names), lakebase asks DNS itself and passes hostaddr")
         else:
             fix = ("check PGHOST and your network/DNS (the host is shown in the Lakebase Connect dialog); "
                    "on a VPN or corporate DNS, make sure *.databricks.com names resolve")
         raise _Failed(f"{host} does not resolve ({error})", fix, host=host)
     ctx.addresses = addresses
-    how = " (not by the system resolver: lakebase passes hostaddr)" if fallback else ""
-    return OK, f"{host} -> {', '.join(addresses)}{how}", {"host": host, "addresses": addresses}
+    if fallback:
+        return WARN, (f"{host} -> {fallback}, but not by the system resolver ({error}): lakebase connects anyway "
+                      "(it asks DNS itself and passes hostaddr), other tools cannot"), {
+            "host": host, "addresses": addresses, "system_resolver": str(error),
+            "fix": ("a known macOS resolver problem with Lakebase host names (also some VPNs): nothing to do for "
+                    "lakebase; for psql and other libpq tools use `lakebase psql`, or eval \"$(lakebase env)\" "
+                    f"(exports PGHOSTADDR={fallback}); or flush the DNS cache (sudo dscacheutil -flushcache; "
+                    "sudo killall -HUP mDNSResponder)")}
+    return OK, f"{host} -> {', '.join(addresses)}", {"host": host, "addresses": addresses}
 
 
 def _tcp(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
@@ -320,10 +331,15 @@ def _token(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
     except Exception as exc:
         raise _Failed(*_api_failure(exc, "minting a database credential", ctx.settings, token=True)) from exc
     left = cred.expires_in()
-    return OK, (f"minted for {ctx.identity or cache.identity} ({cred.fingerprint}), expires in "
-                f"{_duration(left)} at {cred.expire_time.strftime('%H:%M:%S')} UTC"), \
-        {"fingerprint": cred.fingerprint, "expires_in": round(left, 1),
-         "expire_time": cred.expire_time.isoformat()}
+    summary = (f"minted for {ctx.identity or cache.identity} ({cred.fingerprint}), expires in "
+               f"{_duration(left)} at {cred.expire_time.strftime('%H:%M:%S')} UTC")
+    details: dict[str, Any] = {"fingerprint": cred.fingerprint, "expires_in": round(left, 1),
+                               "expire_time": cred.expire_time.isoformat()}
+    wrong = _workspace_token_as_password(ctx)
+    if wrong:
+        details["fix"] = _PGPASSWORD_FIX
+        return WARN, f"{summary}; but PGPASSWORD holds {wrong}, which Postgres refuses as a password", details
+    return OK, summary, details
 
 
 def _login(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
@@ -356,6 +372,10 @@ def _login(ctx: _Context) -> tuple[str, str, dict[str, Any]]:
             summary += (f"; the endpoint was IDLE (scaled to zero) and the login woke it "
                         f"(now {state_after or 'unknown'})")
             details["woke"] = True
+    refused = _pgpassword_refused(ctx)
+    if refused:
+        details["fix"] = _PGPASSWORD_FIX
+        return WARN, f"{summary}; but PGPASSWORD is refused by Postgres ({refused})", details
     return OK, summary, details
 
 
@@ -548,7 +568,10 @@ def _login_failure(exc: Any, ctx: _Context) -> tuple[str, str]:
                 f"step 2), or in SQL: CREATE EXTENSION IF NOT EXISTS databricks_auth; "
                 f"SELECT databricks_create_role('{user}', '{kind}'); then GRANT the privileges it needs")
     if "database" in text and "does not exist" in text:
-        return (f"database {s.database!r} does not exist", "check PGDATABASE (default databricks_postgres)")
+        found = _databases(ctx)
+        listed = f"; the databases are: {', '.join(found)}" if found else ""
+        return (f"database {s.database!r} does not exist",
+                f"check PGDATABASE (default databricks_postgres){listed}")
     if state == "28P01" or "failed to decode token" in text or "password authentication" in text:
         if mismatch:
             fix = f"set PGUSER={ctx.identity}: tokens are minted for that identity, not for {s.user}"
@@ -567,3 +590,90 @@ def _login_failure(exc: Any, ctx: _Context) -> tuple[str, str]:
                 "check the endpoint's state in the Lakebase UI")
     return (f"login failed: {cause}", str(getattr(exc, "args", [""])[0]).split("Hint: ", 1)[-1]
             if "Hint: " in str(exc) else "see the error above")
+
+
+def _product_mixup(exc: Any, timeout: float) -> str | None:
+    """A fix when an Autoscaling endpoint name was given as a Provisioned instance name, or the reverse."""
+    from .settings import _ENDPOINT_RE, ENDPOINT_VARIABLES, INSTANCE_VARIABLE
+
+    value = str(getattr(exc, "value", "") or "")
+    setting = getattr(exc, "setting", None)
+    if setting == INSTANCE_VARIABLE and _ENDPOINT_RE.match(value):
+        return (f"{value} is a Lakebase Autoscaling endpoint name, not a Provisioned instance: set "
+                f"ENDPOINT_NAME={value} and unset {INSTANCE_VARIABLE}")
+    if setting in ENDPOINT_VARIABLES and value and "/" not in value and _is_instance(value, timeout):
+        return (f"{value!r} is a Lakebase Provisioned instance, not an Autoscaling endpoint: set "
+                f"{INSTANCE_VARIABLE}={value} and unset {setting}")
+    return None
+
+
+def _is_instance(name: str, timeout: float) -> bool:
+    """Does the workspace have a Provisioned instance called ``name``? (False when it cannot tell.)"""
+    from . import _sdk
+
+    try:
+        apis = _sdk.BoundedApis(_sdk.default_workspace_client(timeout), timeout)
+        apis.call(apis.database.get_database_instance, name)
+    except Exception:
+        return False
+    return True
+
+
+_PAT_PREFIXES = ("dapi", "dkea", "dose")
+_PGPASSWORD_FIX = ("unset PGPASSWORD: Postgres takes a database credential, which lakebase mints itself; for psql "
+                   "and other libpq tools use `lakebase psql`, or PGPASSWORD=$(lakebase token) (valid for up to an "
+                   "hour)")
+
+
+def _workspace_token_as_password(ctx: _Context) -> str | None:
+    """What PGPASSWORD holds when it is a workspace credential (a PAT, the workspace OAuth token), else None."""
+    password = os.environ.get("PGPASSWORD", "").strip()
+    if not password:
+        return None
+    if password.startswith(_PAT_PREFIXES) or password == os.environ.get("DATABRICKS_TOKEN", "").strip():
+        return "a Databricks personal access token (PAT)"
+    try:
+        headers = ctx.workspace_client.config.authenticate()
+    except Exception:
+        return None
+    bearer = str(headers.get("Authorization", "")).removeprefix("Bearer ").strip()
+    if bearer and password == bearer:
+        return "the workspace OAuth token (the one for the REST API)"
+    return None
+
+
+def _databases(ctx: _Context) -> list[str]:
+    """The databases of the endpoint, seen through databricks_postgres (empty when that fails too)."""
+    from .psycopg import connect
+
+    try:
+        with connect(settings=ctx.settings.replace(database="databricks_postgres"),
+                     workspace_client=ctx.workspace_client, autocommit=True) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn "
+                                "ORDER BY datname").fetchall()
+    except Exception:
+        return []
+    return [str(row[0]) for row in rows]
+
+
+def _pgpassword_refused(ctx: _Context) -> str | None:
+    """Why Postgres refuses PGPASSWORD (which libpq tools would use) when it is a JWT that is not a valid
+    database credential, e.g. a workspace OAuth token from `databricks auth token`; else None."""
+    import psycopg
+
+    from .endpoints import hostaddr_for
+    from .psycopg import libpq_params
+
+    password = os.environ.get("PGPASSWORD", "").strip()
+    if not password or password.startswith(_PAT_PREFIXES) or password.count(".") != 2:
+        return None  # none, a PAT (said by the token check), or not a token at all
+    target = ctx.connector.target()
+    try:
+        psycopg.connect(**libpq_params(target, hostaddr_for(target.host, target.port)), password=password,
+                        connect_timeout=max(2, int(ctx.timeout))).close()
+    except psycopg.Error as exc:
+        text = str(exc).lower()
+        if "password authentication failed" in text or "token" in text or getattr(exc, "sqlstate", "") == "28P01":
+            return ("it is not a database credential for this role: a workspace OAuth token (as from "
+                    "`databricks auth token`), another identity's token, or an expired one")
+    return None

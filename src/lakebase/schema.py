@@ -12,13 +12,13 @@ or from Python::
 
 It does what the Databricks tutorial's SQL does, so that the sample app works, and a little more:
 
-* ``CREATE EXTENSION IF NOT EXISTS databricks_auth``;
-* ``databricks_create_role(<client id>, 'service_principal')`` unless the role exists;
-* ``GRANT CONNECT ON DATABASE``, ``GRANT CREATE, USAGE ON SCHEMA public``;
-* ``CREATE TABLE IF NOT EXISTS notes (...)`` and ``GRANT SELECT, INSERT, UPDATE, DELETE`` on it;
-* ``GRANT USAGE, SELECT`` on the table's id sequence: the tutorial forgets this one, which is fine for
-  its read-only page but makes every ``INSERT`` by the app fail with ``permission denied for
-  sequence notes_id_seq``;
+* ``CREATE TABLE IF NOT EXISTS notes (...)``;
+* what ``lakebase grant <client id> --schema public --create-role <type>`` does (:mod:`lakebase.grants`):
+  ``databricks_create_role`` unless the role exists, ``GRANT CONNECT ON DATABASE``, ``GRANT CREATE,
+  USAGE ON SCHEMA public``, ``SELECT, INSERT, UPDATE, DELETE`` on all its tables, ``USAGE, SELECT``
+  on all its sequences (the tutorial forgets the id sequence, which is fine for its read-only page but
+  makes every ``INSERT`` by the app fail with ``permission denied for sequence notes_id_seq``), and
+  the same by default on tables and sequences the owner creates later;
 * the three sample notes, only when the table was created by this run (re-running keeps your notes).
 
 Every statement is safe to repeat; the whole step runs in one transaction.
@@ -30,13 +30,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .grants import IDENTITY_TYPES
+
 SAMPLE_NOTES = (
     "Welcome to Lakebase Autoscaling!",
     "This app connects to Postgres",
     "Data fetched from your database",
 )
 
-IDENTITY_TYPES = ("service_principal", "user", "group")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -79,7 +80,9 @@ def init_schema(app_client_id: str, *, identity_type: str | None = None, schema:
     :func:`lakebase.connect` (``connect_args`` are passed on, the rest comes from the environment).
     ``identity_type`` defaults to a guess from ``app_client_id`` (see :func:`guess_identity_type`).
     """
-    from psycopg import errors, sql
+    from psycopg import sql
+
+    from .grants import grant
 
     identity = app_client_id.strip()
     if not identity:
@@ -94,23 +97,10 @@ def init_schema(app_client_id: str, *, identity_type: str | None = None, schema:
 
         conn = lakebase.connect(**connect_args)
     try:
-        role, schema_id = sql.Identifier(identity), sql.Identifier(schema)
         qualified = sql.Identifier(schema, table)
         with conn.transaction():
             database = conn.execute("SELECT current_database()").fetchone()[0]
             report = SchemaReport(role=identity, database=database, schema=schema, table=table)
-            conn.execute("CREATE EXTENSION IF NOT EXISTS databricks_auth")
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (identity,)).fetchone() is None:
-                try:
-                    with conn.transaction():
-                        conn.execute("SELECT databricks_create_role(%s, %s)", (identity, kind))
-                except errors.DuplicateObject:
-                    pass  # created concurrently
-                else:
-                    report.role_created = True
-                    report.actions.append(f"created role {identity!r} ({kind}) with databricks_create_role")
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role))
-            conn.execute(sql.SQL("GRANT CREATE, USAGE ON SCHEMA {} TO {}").format(schema_id, role))
             exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0]
             if exists is None:
                 conn.execute(sql.SQL(
@@ -118,15 +108,10 @@ def init_schema(app_client_id: str, *, identity_type: str | None = None, schema:
                     "created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)").format(qualified))
                 report.table_created = True
                 report.actions.append(f"created table {schema}.{table}")
-            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {} TO {}").format(qualified, role))
-            sequence = conn.execute("SELECT pg_get_serial_sequence(%s, 'id')",
-                                    (f'"{schema}"."{table}"',)).fetchone()[0]
-            if sequence:
-                conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
-                    sql.SQL(sequence), role))
-            report.actions.append(f"granted CONNECT on {database}, CREATE and USAGE on schema {schema}, "
-                                  f"SELECT/INSERT/UPDATE/DELETE on {schema}.{table}"
-                                  + (f" and USAGE on {sequence}" if sequence else ""))
+            granted = grant(identity, schemas=[schema], create_role=kind, conn=conn)
+            report.role_created = granted.role_created
+            report.actions += [("granted " + change) if not change.startswith("create role") else change
+                               for change in granted.changed]
             if report.table_created and sample_data:
                 with conn.cursor() as cur:
                     cur.executemany(sql.SQL("INSERT INTO {} (content) VALUES (%s)").format(qualified),
