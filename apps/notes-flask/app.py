@@ -23,6 +23,7 @@ What changed from the tutorial's app.py:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 from flask import Flask, jsonify, redirect, render_template, request
+from markupsafe import Markup
 
 import lakebase
 from lakebase.transactions import CommitOutcomeUnknown
@@ -222,21 +224,17 @@ def create_app() -> Flask:
     # Looked up once (Flask's render_template looks it up, runs the context processors and sends two
     # signals on every call); autoescaping is the Flask environment's, as with render_template.
     index_template = app.jinja_env.get_template("index.html")
-    last_render: tuple[list[tuple[Any, ...]], str] | None = None  # the plain page for these rows
+    note_template = app.jinja_env.get_template("note.html")
+
+    @functools.lru_cache(maxsize=1024)
+    def note_html(note_id: int, content: str, created_at: datetime | None) -> Markup:
+        """A note's list item, rendered once per process: a note never changes (it can only be deleted)."""
+        created = created_at.isoformat(" ", "seconds")[:19] if created_at else ""
+        return Markup(note_template.render(id=note_id, content=content, created=created).strip())
 
     def page(status: int = 200, error: str | None = None, draft: str = "") -> Any:
-        nonlocal last_render
-        rows = recent_rows(RECENT_NOTES)  # every request reads the database
-        plain = error is None and not draft
-        last = last_render
-        if plain and last is not None and last[0] == rows:  # the same notes: the same HTML, not rendered again
-            return last[1], status
-        notes = [(note_id, content, created_at.isoformat(" ", "seconds")[:19] if created_at else "")
-                 for note_id, content, created_at in rows]
-        html = index_template.render(notes=notes, error=error, draft=draft, max_length=MAX_NOTE_LENGTH)
-        if plain:
-            last_render = (rows, html)
-        return html, status
+        notes = [note_html(*row) for row in recent_rows(RECENT_NOTES)]
+        return index_template.render(notes=notes, error=error, draft=draft, max_length=MAX_NOTE_LENGTH), status
 
     @app.get("/")
     def index() -> Any:
