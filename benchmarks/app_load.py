@@ -17,6 +17,7 @@ This is not a test: nothing asserts on the numbers.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import subprocess
@@ -61,21 +62,47 @@ class Phase:
     credentials: int = 0
     logins: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    cpu_seconds: float | None = None  # the app's processes (gunicorn master and workers) during the load
 
 
 # ---- the apps ------------------------------------------------------------------------------------------
+# The same gunicorn settings for both: workers, threads, gthread, an access log line per request (to
+# /dev/null), and pools of the same size (the tutorial's max_size=10).
+ACCESS_LOG = ("--access-logfile", "/dev/null")
+POOL_MAX_SIZE = 10
+
+
 def start_lakebase_app(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    return start_gunicorn(FLASK_APP, {**env, "GUNICORN_THREADS": str(THREADS)}, port, WORKERS, log,
-                          extra_args=("--access-logfile", "/dev/null"))
+    return start_gunicorn(FLASK_APP, {**env, "GUNICORN_THREADS": str(THREADS),
+                                      "NOTES_POOL_MAX_SIZE": str(POOL_MAX_SIZE)}, port, WORKERS, log,
+                          extra_args=ACCESS_LOG)
 
 
 def start_baseline_app(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--worker-class", "gthread",
-             "--threads", str(THREADS), "--bind", f"127.0.0.1:{port}", "--timeout", "60",
+             "--threads", str(THREADS), "--bind", f"127.0.0.1:{port}", "--timeout", "60", *ACCESS_LOG,
              "baseline_tutorial_app:app"],
             cwd=HERE, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User + system CPU time of the live processes of process group ``pgid`` (Linux /proc; else None)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[2]) == pgid:  # fields[0] is the state (3rd field of stat): pgrp is the 5th
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 # ---- load ----------------------------------------------------------------------------------------------
@@ -139,6 +166,7 @@ def run_phases(names: list[str], emu: EmulatorProcess, app_env: dict[str, str], 
                 raise SystemExit(f"{name} app did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
             urls.append(url)
         lock = threading.Lock()
+        cpu_before = [group_cpu_seconds(proc.pid) for proc in procs]
         started = time.monotonic()
         until = started + seconds
         watcher = threading.Thread(target=monitor, args=(emu, started, stop, phases), daemon=True)
@@ -154,6 +182,10 @@ def run_phases(names: list[str], emu: EmulatorProcess, app_env: dict[str, str], 
         for t in threads:
             t.join(seconds + 60)
         elapsed = time.monotonic() - started
+        for phase, proc, before_cpu in zip(phases, procs, cpu_before, strict=True):
+            after_cpu = group_cpu_seconds(proc.pid)
+            if before_cpu is not None and after_cpu is not None:
+                phase.cpu_seconds = after_cpu - before_cpu
         stop.set()
         watcher.join(5)
     finally:
@@ -182,7 +214,10 @@ def pct(values: list[float], q: float) -> float | None:
 def summary(phase: Phase) -> dict[str, Any]:
     out: dict[str, Any] = {"seconds": round(phase.seconds, 1), "requests": len(phase.samples),
                            "credential_api_calls": phase.credentials, "logins": phase.logins,
-                           "restart_at_s": round(phase.restart_at or 0, 1), "client_errors": phase.errors}
+                           "restart_at_s": round(phase.restart_at or 0, 1), "client_errors": phase.errors,
+                           "app_cpu_seconds": _r(phase.cpu_seconds),
+                           "app_cpu_ms_per_request": _r(1000 * phase.cpu_seconds / len(phase.samples), 2)
+                           if phase.cpu_seconds is not None and phase.samples else None}
     for op in ("read", "write", "all"):
         sel = [s for s in phase.samples if op == "all" or s.op == op]
         ok = [s.ms for s in sel if 200 <= s.status < 300]
@@ -201,8 +236,8 @@ def summary(phase: Phase) -> dict[str, Any]:
     return out
 
 
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def table(results: dict[str, dict[str, Any]], side_by_side: bool = False) -> str:
@@ -215,6 +250,7 @@ def table(results: dict[str, dict[str, Any]], side_by_side: bool = False) -> str
         ("non-2xx writes", lambda r: _bad(r["write"])),
         ("p50 / p99 read latency", lambda r: f"{r['read']['p50_ms']} / {r['read']['p99_ms']} ms"),
         ("p50 / p99 write latency", lambda r: f"{r['write']['p50_ms']} / {r['write']['p99_ms']} ms"),
+        ("app CPU per request (gunicorn master + workers)", lambda r: f"{r['app_cpu_ms_per_request']} ms"),
         ("non-2xx in the 5 s after the restart", lambda r: f"{r['restart_window_5s']['non_2xx']}"),
         (f"credential API calls{both}", lambda r: f"{r['credential_api_calls']}"),
         (f"Postgres logins{both}", lambda r: f"{r['logins']}"),

@@ -16,7 +16,7 @@ import pytest
 from lakebase import connector
 from lakebase.cli import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
 
-from .apps_support import FLASK_DIR, csrf_from, ensure_app_schema, free_port, load_module, note_count
+from .apps_support import FLASK_DIR, ensure_app_schema, free_port, load_module, note_count
 from .lakebase_support import wait_for
 
 
@@ -43,11 +43,14 @@ def unique(prefix: str = "note") -> str:
     return f"{prefix} {uuid.uuid4().hex[:12]}"
 
 
-def page_token(client: Any) -> tuple[str, str]:
+def page_html(client: Any) -> str:
     resp = client.get("/")
     assert resp.status_code == 200
-    html = resp.get_data(as_text=True)
-    return html, csrf_from(html)
+    return str(resp.get_data(as_text=True))
+
+
+# What Chromium sends with a form post from the app's own page (the test client's host is "localhost").
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}
 
 
 # ---- pages ---------------------------------------------------------------------------------------------
@@ -55,7 +58,7 @@ def test_page_shows_the_five_most_recent_notes(client: Any) -> None:
     added = [unique() for _ in range(6)]
     for content in added:
         assert client.post("/api/notes", json={"content": content}).status_code == 201
-    html, _ = page_token(client)
+    html = page_html(client)
     assert "Hello from <span>Lakebase</span>!" in html
     assert html.count("<li data-note-id=") == 5
     for content in added[1:]:
@@ -82,19 +85,19 @@ def test_reads_run_in_read_only_transactions(client: Any, flask_module: ModuleTy
 
 
 def test_form_adds_and_deletes_a_note(client: Any, emulator: Any) -> None:
-    _, token = page_token(client)
     content = unique("from the form")
-    resp = client.post("/notes", data={"content": content, "csrf_token": token})
+    resp = client.post("/notes", data={"content": content}, headers=SAME_ORIGIN)
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/")
-    html, token = page_token(client)
+    html = page_html(client)
     assert content in html
+    assert "csrf" not in html and "Set-Cookie" not in client.get("/").headers  # no token, no session
     note_id = next(n["id"] for n in client.get("/api/notes").get_json()["notes"] if n["content"] == content)
     before = note_count(emulator)
-    resp = client.post(f"/notes/{note_id}/delete", data={"csrf_token": token})
+    resp = client.post(f"/notes/{note_id}/delete", headers=SAME_ORIGIN)
     assert resp.status_code == 303
     assert note_count(emulator) == before - 1
-    assert content not in page_token(client)[0]
-    assert client.post(f"/notes/{note_id}/delete", data={"csrf_token": token}).status_code == 404
+    assert content not in page_html(client)
+    assert client.post(f"/notes/{note_id}/delete", headers=SAME_ORIGIN).status_code == 404
 
 
 def test_note_content_is_escaped(client: Any) -> None:
@@ -115,61 +118,76 @@ def test_note_content_is_escaped(client: Any) -> None:
     ("bell \x07 character", "control characters"),
 ])
 def test_form_rejects_bad_content_and_writes_nothing(client: Any, emulator: Any, content: str, message: str) -> None:
-    _, token = page_token(client)
     before = note_count(emulator)
-    resp = client.post("/notes", data={"content": content, "csrf_token": token})
+    resp = client.post("/notes", data={"content": content}, headers=SAME_ORIGIN)
     assert resp.status_code == 400
     assert message in resp.get_data(as_text=True)
     assert note_count(emulator) == before
 
 
 def test_form_without_content_field_is_a_400(client: Any, emulator: Any) -> None:
-    _, token = page_token(client)
     before = note_count(emulator)
-    resp = client.post("/notes", data={"csrf_token": token})
+    resp = client.post("/notes", data={}, headers=SAME_ORIGIN)
     assert resp.status_code == 400 and "content is required" in resp.get_data(as_text=True)
     assert note_count(emulator) == before
 
 
-@pytest.mark.parametrize("token", [None, "", "forged-token"])
-def test_form_posts_need_the_session_csrf_token(client: Any, emulator: Any, token: str | None) -> None:
-    page_token(client)  # the session has a token; the request does not carry it (or a wrong one)
+# What a browser sends with a form post (or a fetch) from another origin: a page of another site, a sibling
+# subdomain (same-site), an older browser without Fetch Metadata, a sandboxed or file:// page.
+CROSS_ORIGIN = [
+    {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+    {"Sec-Fetch-Site": "same-site", "Origin": "https://evil.localhost"},
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Origin": "https://evil.example"},
+    {"Origin": "http://localhost.evil.example"},
+    {"Origin": "null"},
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_ORIGIN, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
+def test_cross_origin_form_posts_are_refused(client: Any, emulator: Any, headers: dict[str, str]) -> None:
     before = note_count(emulator)
-    data = {"content": unique("csrf")}
-    if token is not None:
-        data["csrf_token"] = token
-    resp = client.post("/notes", data=data)
+    resp = client.post("/notes", data={"content": unique("csrf")}, headers={"Accept": "text/html", **headers})
     assert resp.status_code == 403
-    assert "CSRF token" in resp.get_data(as_text=True)
+    assert "cross-origin request refused (CSRF protection)" in resp.get_data(as_text=True)
     note_id = client.get("/api/notes?limit=1").get_json()["notes"][0]["id"]
-    assert client.post(f"/notes/{note_id}/delete", data=data).status_code == 403
+    assert client.post(f"/notes/{note_id}/delete", headers=headers).status_code == 403
+    resp = client.post("/api/notes", json={"content": unique()}, headers=headers)
+    assert resp.status_code == 403 and "CSRF" in resp.get_json()["error"]
+    assert client.delete(f"/api/notes/{note_id}", headers=headers).status_code == 403
     assert note_count(emulator) == before
 
 
-def test_token_of_another_session_is_refused(flask_module: ModuleType, client: Any, emulator: Any) -> None:
-    with flask_module.app.test_client() as other:
-        theirs = csrf_from(other.get("/").get_data(as_text=True))
-    page_token(client)
+@pytest.mark.parametrize("headers", [
+    SAME_ORIGIN,
+    {"Sec-Fetch-Site": "same-origin"},
+    {"Sec-Fetch-Site": "none"},  # typed or bookmarked by the user
+    {"Origin": "http://localhost"},  # a browser without Fetch Metadata, on the app's own page
+    {},  # not a browser: curl, a script
+], ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()) or "no-headers")
+def test_same_origin_and_non_browser_form_posts_are_accepted(client: Any, emulator: Any,
+                                                             headers: dict[str, str]) -> None:
+    content = unique("same origin")
     before = note_count(emulator)
-    assert client.post("/notes", data={"content": unique(), "csrf_token": theirs}).status_code == 403
-    assert note_count(emulator) == before
+    assert client.post("/notes", data={"content": content}, headers=headers).status_code == 303
+    assert note_count(emulator) == before + 1 and content in page_html(client)
 
 
-def test_cross_site_writes_are_refused(client: Any, emulator: Any) -> None:
-    _, token = page_token(client)
-    before = note_count(emulator)
-    resp = client.post("/notes", data={"content": unique(), "csrf_token": token},
-                       headers={"Sec-Fetch-Site": "cross-site"})
-    assert resp.status_code == 403
-    resp = client.post("/api/notes", json={"content": unique()}, headers={"Sec-Fetch-Site": "cross-site"})
-    assert resp.status_code == 403
-    assert note_count(emulator) == before
+def test_cross_origin_refusal_follows_go_cross_origin_protection(flask_module: ModuleType) -> None:
+    refusal = flask_module.cross_origin_refusal
+    for method in ("GET", "HEAD", "OPTIONS"):
+        assert refusal(method, "cross-site", "https://evil.example", "app.example") is None
+    assert refusal("POST", "same-origin", "https://evil.example", "app.example") is None  # the browser knows
+    assert refusal("POST", None, "https://app.example", "app.example") is None
+    assert refusal("POST", None, "https://App.Example", "app.example") is None
+    assert refusal("PUT", None, "https://app.example:8443", "app.example") is not None  # another origin
+    assert refusal("PATCH", "same-site", None, "app.example") is not None
+    assert refusal("POST", None, "https://evil.example", None) is not None
 
 
 def test_bad_note_ids_are_400_or_404(client: Any) -> None:
-    _, token = page_token(client)
-    assert client.post("/notes/abc/delete", data={"csrf_token": token}).status_code == 400
-    assert client.post("/notes/-1/delete", data={"csrf_token": token}).status_code == 400
+    assert client.post("/notes/abc/delete", headers=SAME_ORIGIN).status_code == 400
+    assert client.post("/notes/-1/delete", headers=SAME_ORIGIN).status_code == 400
     assert client.delete("/api/notes/1e3").status_code == 400
     assert client.delete("/api/notes/99999999999").status_code == 400
     assert client.delete("/api/notes/2147483600").status_code == 404
@@ -296,7 +314,6 @@ def _gunicorn(emulator: Any, tmp_path: Path, *extra: str) -> tuple[subprocess.Po
     port = free_port()
     log = tmp_path / "gunicorn.log"
     env = clean_environment({**emulator.app_env, "DATABRICKS_CONFIG_FILE": str(tmp_path / "nocfg")})
-    env.pop("FLASK_SECRET_KEY", None)
     proc = start_gunicorn(FLASK_DIR, env, port, 3, log, extra_args=extra)
     url = f"http://127.0.0.1:{port}"
     if wait_http_ok(url + "/healthz", 60, alive=lambda: proc.poll() is None) is None:
@@ -312,10 +329,11 @@ def test_gunicorn_workers_serve_pages_forms_and_api(emulator: Any, app_role: str
     try:
         pids = set()
         with httpx.Client(base_url=url, timeout=30) as http:
-            for i in range(6):  # sessions signed by one worker must be accepted by the others
-                token = csrf_from(http.get("/").text)
+            for i in range(6):  # every worker serves the page and accepts the form
+                assert http.get("/").status_code == 200
                 content = unique(f"gunicorn {i}")
-                resp = http.post("/notes", data={"content": content, "csrf_token": token})
+                resp = http.post("/notes", data={"content": content},
+                                 headers={"Sec-Fetch-Site": "same-origin", "Origin": url})
                 assert resp.status_code == 303, resp.text
                 assert content in http.get("/").text
                 pids.add(http.get("/healthz").json()["pid"])

@@ -6,8 +6,11 @@ root); Playwright never downloads a browser here. The screenshot lands in tests/
 
 from __future__ import annotations
 
+import html
+import http.server
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ import pytest
 
 from lakebase.cli import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
 
-from .apps_support import ARTIFACTS, FLASK_DIR, ensure_app_schema, free_port
+from .apps_support import ARTIFACTS, FLASK_DIR, ensure_app_schema, free_port, note_count
 
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -100,7 +103,7 @@ def test_add_and_delete_a_note_in_a_real_browser(app_url: str, page: Any) -> Non
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 1000
 
-    # Delete both through their buttons (forms with the CSRF token).
+    # Delete both through their buttons (forms; the browser says they come from the app's own page).
     for text in (attack, content):
         item = page.locator("li[data-note-id]", has_text=text)
         with page.expect_navigation():
@@ -113,3 +116,41 @@ def test_add_and_delete_a_note_in_a_real_browser(app_url: str, page: Any) -> Non
     with page.expect_navigation():
         page.click("#add-note button[type=submit]")
     assert "must not be empty" in page.inner_text("#error")
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"], ids=["cross-site", "same-site-other-port"])
+def test_a_form_on_another_origin_cannot_add_a_note(app_url: str, page: Any, emulator: Any, host: str) -> None:
+    """CSRF: a page served from another origin (another site, or the same host on another port) posts a
+    form to the app in the victim's browser; Chromium's Sec-Fetch-Site gives it away and the app refuses it."""
+    content = f"forged {uuid.uuid4().hex[:8]}"
+    attack = (f'<!doctype html><form method="post" action="{html.escape(app_url)}/notes">'
+              f'<input name="content" value="{html.escape(content)}"><button id="go">go</button></form>').encode()
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(attack)))
+            self.end_headers()
+            self.wfile.write(attack)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        before = note_count(emulator)
+        page.goto(f"http://{host}:{server.server_address[1]}/")
+        with page.expect_navigation():
+            page.click("#go")
+        assert page.url.startswith(app_url)
+        assert "cross-origin request refused (CSRF protection)" in page.inner_text("#error")
+        assert note_count(emulator) == before
+        page.goto(app_url)
+        assert content not in page.content()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -1,6 +1,7 @@
 """Notes on Lakebase with FastAPI and an async SQLAlchemy engine, served by uvicorn.
 
-The same features as apps/notes-flask (page, forms with CSRF, JSON API, /healthz) on
+The same features as apps/notes-flask (page, forms, JSON API, /healthz; CSRF: writes a browser says
+come from another origin get a 403, as in the Flask app) on
 ``lakebase.sqlalchemy.create_async_engine``: the connection-patterns page's SQLAlchemy approach
 done right. That recipe injects a token in a ``do_connect`` hook (which runs on the event loop) from
 a hand-written background refresh task, with ``pool_recycle`` alone; here every new connection is
@@ -16,18 +17,15 @@ Runs unchanged on a laptop (the emulator's app.env) and as a Databricks App (``a
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
@@ -51,8 +49,6 @@ API_LIMIT_DEFAULT, API_LIMIT_MAX = 50, 500
 POOL_SIZE = int(os.environ.get("NOTES_POOL_SIZE", "5"))
 POOL_TIMEOUT = float(os.environ.get("NOTES_POOL_TIMEOUT", "15"))
 HEALTH_TIMEOUT = float(os.environ.get("NOTES_HEALTH_TIMEOUT", "3"))
-CSRF_COOKIE = "notes_csrf"
-SECURE_COOKIES = os.environ.get("NOTES_SECURE_COOKIES", "").lower() in ("1", "true", "yes")
 
 log = logging.getLogger("notes")
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -121,43 +117,31 @@ def parse_note_id(value: str) -> int:
     return int(value)
 
 
-# ---- CSRF: a signed double-submit cookie -----------------------------------------------------------------
-def _secret_key() -> bytes:
-    explicit = os.environ.get("NOTES_SECRET_KEY")
-    if explicit:
-        return explicit.encode()
-    for name in ("DATABRICKS_CLIENT_SECRET", "DATABRICKS_TOKEN"):
-        value = os.environ.get(name)
-        if value:
-            return hmac.new(value.encode(), b"notes-fastapi csrf key", hashlib.sha256).digest()
-    return secrets.token_bytes(32)  # one process (uvicorn without --workers): fine
+# ---- CSRF: Fetch Metadata and Origin (the same check as apps/notes-flask) --------------------------------
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-SECRET = _secret_key()
+def cross_origin_refusal(method: str, sec_fetch_site: str | None, origin: str | None, host: str | None) -> str | None:
+    """Why a request that may change data must be refused as cross-origin, or None to let it through.
 
-
-def _sign(nonce: str) -> str:
-    return nonce + "." + hmac.new(SECRET, nonce.encode(), hashlib.sha256).hexdigest()
-
-
-def _valid_token(value: str | None) -> bool:
-    if not value or "." not in value:
-        return False
-    nonce = value.split(".", 1)[0]
-    return hmac.compare_digest(_sign(nonce), value)
-
-
-def csrf_token(request: Request) -> tuple[str, bool]:
-    """(the token for this browser, whether the cookie must be set)."""
-    cookie = request.cookies.get(CSRF_COOKIE)
-    if _valid_token(cookie):
-        return str(cookie), False
-    return _sign(secrets.token_urlsafe(24)), True
-
-
-def csrf_ok(request: Request, form: dict[str, str]) -> bool:
-    cookie, sent = request.cookies.get(CSRF_COOKIE), form.get("csrf_token")
-    return bool(cookie and sent and _valid_token(cookie) and hmac.compare_digest(cookie, sent))
+    The check of Go 1.25's ``net/http.CrossOriginProtection``: browsers (all since 2023) tell in
+    ``Sec-Fetch-Site`` where a request comes from, and a page of another origin (``cross-site``, or a
+    sibling subdomain: ``same-site``) cannot forge it. Without that header, ``Origin`` must name this
+    host. A request with neither header does not come from a (modern) browser: curl, scripts, the
+    benchmark; it cannot be a CSRF. Needs no token, no session and no cookie."""
+    if method in SAFE_METHODS:
+        return None
+    if sec_fetch_site:
+        if sec_fetch_site in ("same-origin", "none"):
+            return None
+        return (f"cross-origin request refused (CSRF protection): your browser says this {method} comes from "
+                f"another site (Sec-Fetch-Site: {sec_fetch_site[:20]}); use the app's own page")
+    if not origin:
+        return None
+    if host and urlsplit(origin).netloc.lower() == host.lower():
+        return None
+    return (f"cross-origin request refused (CSRF protection): Origin {origin[:100]!r} is not this app "
+            f"({host!r}); use the app's own page")
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -201,8 +185,11 @@ app = FastAPI(title="Notes on Lakebase", lifespan=lifespan, docs_url=None, redoc
 
 @app.middleware("http")
 async def guard(request: Request, call_next: Any) -> Response:
-    if request.method not in ("GET", "HEAD", "OPTIONS") and request.headers.get("sec-fetch-site") == "cross-site":
-        response: Response = error(request, 403, "cross-site requests may not change notes")
+    headers = request.headers
+    refusal = cross_origin_refusal(request.method, headers.get("sec-fetch-site"), headers.get("origin"),
+                                   headers.get("host"))
+    if refusal is not None:
+        response: Response = error(request, 403, refusal)
     else:
         response = await call_next(request)
     response.headers.setdefault(
@@ -223,16 +210,9 @@ def error(request: Request, status: int, message: str) -> Response:
 
 async def page(request: Request, status: int = 200, error_message: str | None = None, draft: str = "") -> Response:
     notes = await recent_notes(request.app.state.engine, RECENT_NOTES)
-    token, new = csrf_token(request)
-    response = templates.TemplateResponse(
-        request, "index.html", {"notes": notes, "error": error_message, "draft": draft, "csrf_token": token,
+    return templates.TemplateResponse(
+        request, "index.html", {"notes": notes, "error": error_message, "draft": draft,
                                 "max_length": MAX_NOTE_LENGTH}, status_code=status)
-    if new:
-        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="lax", secure=SECURE_COOKIES)
-    return response
-
-
-CSRF_MESSAGE = "the form's CSRF token is missing or does not match your browser's: reload the page and try again"
 
 
 @app.get("/")
@@ -246,8 +226,6 @@ async def create_from_form(request: Request) -> Response:
         form = await read_form(request)
     except BadInput as exc:
         return error(request, 415, str(exc))
-    if not csrf_ok(request, form):
-        return await page(request, 403, CSRF_MESSAGE)
     raw = form.get("content")
     try:
         content = validate_content(raw)
@@ -259,12 +237,6 @@ async def create_from_form(request: Request) -> Response:
 
 @app.post("/notes/{note_id}/delete")
 async def delete_from_form(request: Request, note_id: str) -> Response:
-    try:
-        form = await read_form(request)
-    except BadInput as exc:
-        return error(request, 415, str(exc))
-    if not csrf_ok(request, form):
-        return await page(request, 403, CSRF_MESSAGE)
     try:
         number = parse_note_id(note_id)
     except BadInput as exc:

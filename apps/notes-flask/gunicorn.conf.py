@@ -5,7 +5,6 @@ options (e.g. ``--bind 127.0.0.1:8000 --workers 4 --preload``) override these.
 """
 
 import os
-import secrets
 
 bind = f"0.0.0.0:{os.environ.get('DATABRICKS_APP_PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -18,12 +17,6 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True  # gunicorn >= 27: no shared ~/.gunicorn/gunicorn.ctl between instances
-
-# Every worker must sign sessions (and so CSRF tokens) with the same key. app.py derives one from the
-# app's own secret when Databricks injects it; without one, pick a key here, in the master, before the
-# workers fork, so that they all inherit it.
-if not any(os.environ.get(k) for k in ("FLASK_SECRET_KEY", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_TOKEN")):
-    os.environ["FLASK_SECRET_KEY"] = secrets.token_hex(32)
 
 
 def post_worker_init(worker):
