@@ -32,8 +32,8 @@ from typing import Any
 
 import httpx
 
-from lakebase.cli import clean_environment, free_port, start_gunicorn, stop_process_group, wait_http_ok
 from lakebase.emulator import EmulatorProcess
+from lakebase.emulator.supervise import clean_environment, free_port, start_gunicorn, stop_process_group, wait_http_ok
 
 from ._common import RESULTS, write_results
 

@@ -81,8 +81,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", default="psycopg,asyncpg,sqlalchemy")
     args = parser.parse_args()
-    from lakebase.cli import clean_environment
     from lakebase.emulator import EmulatorProcess
+    from lakebase.emulator.supervise import clean_environment
 
     with tempfile.TemporaryDirectory() as tmp, EmulatorProcess(tmp) as emu:
         env = clean_environment({**emu.user_env, "DATABRICKS_CONFIG_FILE": "/nonexistent/databrickscfg",

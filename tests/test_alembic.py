@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lakebase.cli import clean_environment
+from lakebase.emulator.supervise import clean_environment
 
 from .apps_support import owner_sql
 

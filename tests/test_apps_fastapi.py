@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from lakebase import connector
-from lakebase.cli import clean_environment, wait_http_ok
+from lakebase.emulator.supervise import clean_environment, wait_http_ok
 
 from .apps_support import FASTAPI_DIR, ensure_app_schema, free_port, load_module, note_count
 

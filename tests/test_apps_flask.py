@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from lakebase import connector
-from lakebase.cli import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
+from lakebase.emulator.supervise import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
 
 from .apps_support import FLASK_DIR, ensure_app_schema, free_port, load_module, note_count
 from .lakebase_support import wait_for

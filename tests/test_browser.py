@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lakebase.cli import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
+from lakebase.emulator.supervise import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
 
 from .apps_support import ARTIFACTS, FLASK_DIR, ensure_app_schema, free_port, note_count
 

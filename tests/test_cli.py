@@ -21,7 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from lakebase import connector
-from lakebase.cli import clean_environment, main
+from lakebase.cli import main
+from lakebase.emulator.supervise import clean_environment
 
 from .apps_support import ensure_app_schema, free_port, owner_sql
 
@@ -114,6 +115,23 @@ def test_env_with_token_and_json(user_env: dict[str, str]) -> None:
     assert result.exit_code == 0 and "export PGPASSWORD=eyJ" in result.output
     data = json.loads(CliRunner().invoke(main, ["env", "--json"]).output)
     assert data["PGDATABASE"] == "databricks_postgres" and "PGPASSWORD" not in data
+
+
+def test_env_names_are_the_ones_libpq_reads(user_env: dict[str, str]) -> None:
+    """`lakebase env` exports the target's libpq parameters under the names libpq itself gives them."""
+    from psycopg import pq
+
+    from lakebase._adapter import libpq_params
+    from lakebase.cli import LIBPQ_ENVIRONMENT
+    from lakebase.endpoints import hostaddr_for
+
+    libpq = {o.keyword.decode(): o.envvar.decode() for o in pq.Conninfo.get_defaults() if o.envvar}
+    assert LIBPQ_ENVIRONMENT == {key: libpq[key] for key in LIBPQ_ENVIRONMENT}
+    target = connector.get_connector(token_refresh="lazy").target()
+    exported = json.loads(CliRunner().invoke(main, ["env", "--json"]).output)
+    params = libpq_params(target, hostaddr_for(target.host, target.port))
+    assert exported == {libpq[key]: str(value) for key, value in params.items() if key in libpq}
+    assert "PGAPPNAME" in exported and not any(key.startswith("keepalives") for key in exported)
 
 
 def test_env_output_works_for_psql(user_env: dict[str, str]) -> None:

@@ -189,3 +189,38 @@ def owner_conn(emu: Any, token: str) -> psycopg.Connection:
     return psycopg.connect(host=env["PGHOST"], port=env["PGPORT"], dbname=env["PGDATABASE"], user=env["PGUSER"],
                            sslmode="verify-full", sslrootcert=emu.ca_file, password=token,
                            autocommit=True, connect_timeout=10)
+
+
+def gone(pid: int) -> bool:
+    """No process ``pid``, or only its zombie (whoever adopted it has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_supervised_child_dies_with_its_parent() -> None:
+    """What gunicorn (demo, tests, benchmarks) and Postgres (the emulator) are started with."""
+    parent = subprocess.Popen([sys.executable, "-c", """
+import signal, subprocess, sys
+from lakebase.emulator.supervise import parent_death_signal
+child = subprocess.Popen(["sleep", "600"], preexec_fn=parent_death_signal(signal.SIGTERM))
+print(child.pid, flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert not gone(child)
+        parent.kill()
+        parent.wait(30)
+        deadline = time.monotonic() + 15  # a hang guard: the signal comes at once
+        while not gone(child):
+            assert time.monotonic() < deadline, "the child outlived its parent"
+            time.sleep(0.05)
+    finally:
+        if not gone(child):
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait(30)

@@ -15,7 +15,7 @@ import pytest
 
 import lakebase
 from lakebase import connector
-from lakebase.cli import clean_environment
+from lakebase.emulator.supervise import clean_environment
 from lakebase.grants import grant
 
 from .apps_support import owner_sql

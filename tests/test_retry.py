@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from lakebase import AuthenticationFailed, ConnectionFailed, CredentialsUnavailable, PermissionDenied
+from lakebase import AuthenticationFailed, ConnectionFailed, CredentialsUnavailable, PermissionDenied, diagnosis
 from lakebase.retry import Backoff, Deadline, Kind, aconnect_with_retry, classify, connect_with_retry
+from lakebase.transactions import retry_reason
 
 PREFIX = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  '
 
@@ -84,6 +85,43 @@ def test_sqlstates_win_when_the_driver_has_them() -> None:
     assert classify(errors.InsufficientPrivilege("x")).error is PermissionDenied  # 42501
     assert classify(errors.CannotConnectNow("x")).kind is Kind.TRANSIENT  # 57P03
     assert classify(errors.InvalidAuthorizationSpecification('role "x" does not exist')).kind is Kind.FATAL
+
+
+# ---- one rule table (lakebase.diagnosis) for connecting, transactions and doctor ----------------------
+@pytest.mark.parametrize("rule", [r for r in diagnosis.RULES if r.verdict is not None],
+                         ids=lambda r: " ".join(r.fragments))
+def test_each_rule_decides_how_to_connect(rule: diagnosis.Rule) -> None:
+    assert classify(op(" ... ".join(rule.fragments))) == rule.verdict
+
+
+@pytest.mark.parametrize("rule", [r for r in diagnosis.RULES if r.lost], ids=lambda r: " ".join(r.fragments))
+def test_each_lost_connection_rule_decides_a_transaction_retry(rule: diagnosis.Rule) -> None:
+    assert retry_reason(psycopg.OperationalError(" ... ".join(rule.fragments))) == ("the connection was lost", True)
+    assert retry_reason(ValueError(" ... ".join(rule.fragments))) is None  # the caller's own error
+
+
+@pytest.mark.parametrize("state", sorted(diagnosis.SQLSTATES))
+def test_each_sqlstate_decides_connecting_and_transactions(state: str) -> None:
+    meaning = diagnosis.SQLSTATES[state]
+    exc = errors.lookup(state)("server said so")
+    if meaning.connect is not None:
+        assert classify(exc) == meaning.connect
+    expected = (meaning.transaction, meaning.lost) if meaning.transaction else None
+    assert retry_reason(exc) == expected
+
+
+@pytest.mark.parametrize(("state", "message", "name"), [
+    ("28000", 'role "nobody" does not exist', diagnosis.ROLE_MISSING),
+    ("3D000", 'database "nodb" does not exist', diagnosis.DATABASE_MISSING),
+    ("28P01", "external authorization failed", diagnosis.TOKEN_REFUSED),
+    (None, "failed to decode token for role", diagnosis.TOKEN_REFUSED),
+    ("42501", "no", diagnosis.PERMISSION_DENIED),
+    (None, "user does not have connect privilege.", diagnosis.PERMISSION_DENIED),
+    ("08P01", "connection is insecure (try using `sslmode=require`)", diagnosis.TLS_REQUIRED),
+    (None, "timeout expired", diagnosis.TIMED_OUT),
+])
+def test_doctor_explains_what_the_table_names(state: str | None, message: str, name: str) -> None:
+    assert name in diagnosis.names(state, message)
 
 
 def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:

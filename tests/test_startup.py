@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lakebase import AuthenticationFailed, ConnectionFailed, connector
-from lakebase.cli import clean_environment
+from lakebase.emulator.supervise import clean_environment
 from lakebase.startup import EXIT_NOT_READY, EXIT_PERMANENT, NotReady, wait_until_ready, wait_until_ready_async
 
 Emulator = Any

@@ -11,17 +11,21 @@ What every adapter enforces on its caller's arguments lives here:
 * :func:`refuse_secrets`: a password from the caller is refused, as is anything else that would
   carry one (``passfile``, asyncpg's ``dsn``): lakebase sets the password, a fresh OAuth token;
 * :func:`require_tls`: a TLS mode that would allow plaintext is refused (the token is the password);
-* :func:`check_arguments`: both, on one set of driver arguments.
+* :func:`check_arguments`: both, on one set of driver arguments;
+* :func:`libpq_params`: a target's libpq parameters (psycopg's, and through ``lakebase env`` psql's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .settings import SAFE_SSLMODES, Settings
+
+if TYPE_CHECKING:
+    from .endpoints import Target
 
 #: The arguments that configure the target rather than the driver (the :class:`~lakebase.Settings` fields).
 SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings) if f.name != "sources")
@@ -76,3 +80,25 @@ def check_arguments(given: Mapping[str, Any], where: str = "the connection argum
     if given.get("sslmode") is not None:
         require_tls(given["sslmode"], where=where)
     refuse_secrets(given, where, names=names, sets=sets)
+
+
+#: TCP keepalives: notice a dead peer (a restarted compute, a dropped NAT entry) within ~1 minute.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def libpq_params(target: Target, hostaddr: str | None = None) -> dict[str, Any]:
+    """The connection parameters of ``target`` for libpq/psycopg, without the password."""
+    params: dict[str, Any] = {
+        "host": target.host,
+        "port": target.port,
+        "dbname": target.database,
+        "user": target.user,
+        "sslmode": target.sslmode,
+        "application_name": target.application_name,
+        **KEEPALIVES,
+    }
+    if target.sslrootcert:
+        params["sslrootcert"] = target.sslrootcert
+    if hostaddr:
+        params["hostaddr"] = hostaddr
+    return params

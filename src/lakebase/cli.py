@@ -32,8 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -247,88 +245,6 @@ def find_app_dir(name: str = "notes-flask") -> Path:
         "repository")
 
 
-def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any Lakebase/Databricks/libpq settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DATABRICKS_", "PG", "LAKEBASE_")) and k != "ENDPOINT_NAME"}
-    env.update(extra or {})
-    return env
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """In a child: get SIGTERM when the parent dies (Linux), so a killed demo leaves no orphans."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def start_gunicorn(app_dir: Path, env: dict[str, str], port: int, workers: int, log_path: Path,
-                   host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
-    """gunicorn serving ``app:app`` of ``app_dir`` in its own session (its own process group)."""
-    log = open(log_path, "ab")
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"{host}:{port}",
-             "--workers", str(workers), *extra_args, "app:app"],
-            cwd=app_dir, env={**env, "DATABRICKS_APP_PORT": str(port)}, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, start_new_session=True,
-            preexec_fn=_parent_death_signal if sys.platform.startswith("linux") else None,
-        )
-    finally:
-        log.close()
-
-
-def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    """SIGTERM the process group of ``proc`` (a session leader), then SIGKILL what is left."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    # Workers that outlived their master, or a master that would not stop.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def wait_http_ok(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> dict[str, Any] | None:
-    """Poll ``url`` until it answers 200 (its JSON, or {}); None if ``alive()`` turns false or on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and alive():
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    try:
-                        return dict(json.loads(resp.read() or b"{}"))
-                    except ValueError:
-                        return {}
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    return None
-
-
 def lakebase_command() -> str:
     """How to run this command again from the current directory: ``lakebase`` if it is on PATH, else its path."""
     script = Path(sys.argv[0])
@@ -366,6 +282,15 @@ def demo(data_dir: str, port: int, workers: int, pg_port: int | None, token_ttl:
     (DATA_DIR/user.env), then serves apps/notes-flask with gunicorn as the app's service principal
     with OAuth M2M (DATA_DIR/app.env, exactly the variables Databricks Apps inject) and prints the URL.
     """
+    from .emulator.supervise import (
+        clean_environment,
+        free_port,
+        port_free,
+        start_gunicorn,
+        stop_process_group,
+        wait_http_ok,
+    )
+
     app_dir = find_app_dir()
     emu = start_emulator(data_dir, 0, pg_port, token_ttl)
     gunicorn: subprocess.Popen[bytes] | None = None
@@ -689,21 +614,23 @@ def token(as_json: bool) -> None:
     }))
 
 
+#: The environment variable libpq reads for each of the target's parameters (libpq's names, the
+#: ``envvar`` of psycopg.pq.Conninfo.get_defaults(); the keepalives have none).
+LIBPQ_ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
+                     "sslmode": "PGSSLMODE", "application_name": "PGAPPNAME", "sslrootcert": "PGSSLROOTCERT",
+                     "hostaddr": "PGHOSTADDR", "password": "PGPASSWORD"}
+
+
 def libpq_environment(conn: Any, with_token: bool = False) -> dict[str, str]:
-    """PG* variables for libpq tools (PGPASSWORD only when asked)."""
+    """PG* variables for libpq tools (PGPASSWORD only when asked): the target's :func:`libpq_params`."""
+    from ._adapter import libpq_params
     from .endpoints import hostaddr_for
 
     target = conn.target()
-    env = {"PGHOST": target.host, "PGPORT": str(target.port), "PGDATABASE": target.database,
-           "PGUSER": target.user, "PGSSLMODE": target.sslmode, "PGAPPNAME": target.application_name}
-    if target.sslrootcert:
-        env["PGSSLROOTCERT"] = target.sslrootcert
-    hostaddr = hostaddr_for(target.host, target.port)
-    if hostaddr:
-        env["PGHOSTADDR"] = hostaddr
+    params = libpq_params(target, hostaddr_for(target.host, target.port))
     if with_token:
-        env["PGPASSWORD"] = conn.credentials.token()
-    return env
+        params["password"] = conn.credentials.token()
+    return {LIBPQ_ENVIRONMENT[key]: str(value) for key, value in params.items() if key in LIBPQ_ENVIRONMENT}
 
 
 @main.command("env")

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import diagnosis
 from ._redact import redact
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -555,36 +556,36 @@ def _login_failure(exc: Any, ctx: _Context) -> tuple[str, str]:
     user = s.user or ctx.identity or "<role>"
     cause = redact(" ".join(str(getattr(exc, "cause", None) or exc).split()))
     state = getattr(exc, "sqlstate", None)
-    text = cause.lower()
+    means = diagnosis.names(state, cause.lower())
     mismatch = bool(ctx.identity and s.user and ctx.identity != s.user)
-    if "role" in text and "does not exist" in text and mismatch:
+    if diagnosis.ROLE_MISSING in means and mismatch:
         return (f'role "{user}" does not exist, and tokens are minted for {ctx.identity}, not {user}',
                 f"set PGUSER={ctx.identity} (or unset it): the role must be the identity whose credentials "
                 "the workspace client uses")
-    if "role" in text and "does not exist" in text:
+    if diagnosis.ROLE_MISSING in means:
         kind = guess_identity_type(user)
         return (f'role "{user}" does not exist in {s.database}',
                 f"as the project owner, create it: `lakebase init-schema --app-client-id {user}` (the tutorial's "
                 f"step 2), or in SQL: CREATE EXTENSION IF NOT EXISTS databricks_auth; "
                 f"SELECT databricks_create_role('{user}', '{kind}'); then GRANT the privileges it needs")
-    if "database" in text and "does not exist" in text:
+    if diagnosis.DATABASE_MISSING in means:
         found = _databases(ctx)
         listed = f"; the databases are: {', '.join(found)}" if found else ""
         return (f"database {s.database!r} does not exist",
                 f"check PGDATABASE (default databricks_postgres){listed}")
-    if state == "28P01" or "failed to decode token" in text or "password authentication" in text:
+    if diagnosis.TOKEN_REFUSED in means:
         if mismatch:
             fix = f"set PGUSER={ctx.identity}: tokens are minted for that identity, not for {s.user}"
         else:
             fix = (f"make sure role {user!r} was created with databricks_create_role (an OAuth role) and not with "
                    "CREATE ROLE, and that the token comes from the same workspace identity")
         return (f"the token was refused for {user}: {cause}", fix)
-    if state == "42501" or "permission denied" in text or "connect privilege" in text:
+    if diagnosis.PERMISSION_DENIED in means:
         return (f"{user} may not connect to {s.database}: {cause}",
                 f'as the project owner: GRANT CONNECT ON DATABASE {s.database} TO "{user}"')
-    if "insecure" in text:
+    if diagnosis.TLS_REQUIRED in means:
         return (f"the server requires TLS: {cause}", "set PGSSLMODE=require")
-    if "gave up" in str(exc) or "timed out" in text or "timeout" in text:
+    if "gave up" in str(exc) or diagnosis.TIMED_OUT in means:
         return (f"the endpoint did not accept a login in time: {cause}",
                 "the compute may be starting or restarting: wait a moment and run `lakebase doctor` again; "
                 "check the endpoint's state in the Lakebase UI")

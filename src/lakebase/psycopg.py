@@ -34,7 +34,7 @@ with requires_extra("psycopg", __name__):
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool.base import BasePool
 
-from ._adapter import PASSWORD_ARGUMENTS, refuse_secrets, require_tls, split_settings
+from ._adapter import PASSWORD_ARGUMENTS, libpq_params, refuse_secrets, require_tls, split_settings
 from ._liveness import CLOSED, QUIET, psycopg_state
 from ._redact import redact, safe_conninfo
 from .connector import Connector, get_connector
@@ -43,33 +43,12 @@ from .endpoints import Target, cached_hostaddr, hostaddr_for
 from .errors import LakebaseError
 from .settings import Settings
 
-#: TCP keepalives: notice a dead peer (a restarted compute, a dropped NAT entry) within ~1 minute.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
-
 #: Pool defaults (with ``check=``:func:`check_liveness`): recycle connections well before Lakebase's
 #: 3-day maximum life and its 24 h idle timeout.
 POOL_DEFAULTS: dict[str, Any] = {
     "max_lifetime": 3600.0,
     "max_idle": 600.0,
 }
-
-
-def libpq_params(target: Target, hostaddr: str | None = None) -> dict[str, Any]:
-    """The connection parameters of ``target`` for libpq/psycopg, without the password."""
-    params: dict[str, Any] = {
-        "host": target.host,
-        "port": target.port,
-        "dbname": target.database,
-        "user": target.user,
-        "sslmode": target.sslmode,
-        "application_name": target.application_name,
-        **KEEPALIVES,
-    }
-    if target.sslrootcert:
-        params["sslrootcert"] = target.sslrootcert
-    if hostaddr:
-        params["hostaddr"] = hostaddr
-    return params
 
 
 def _params(target: Target, hostaddr: str | None, conninfo: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -10,125 +10,34 @@
   TLS refused, a server certificate that does not verify (``sslmode=verify-*``), configuration errors.
 
 Drivers rarely give a SQLSTATE for login errors (libpq reports them as text), so the message is
-matched too. :func:`connect_with_retry` / :func:`aconnect_with_retry` run the loop around a driver's
-``attempt(password, timeout)`` callable; they take the password from a token provider (see
-:class:`TokenProvider`) on every attempt.
+matched too: the SQLSTATEs and message fragments are the rule table of :mod:`lakebase.diagnosis`,
+which transactions and doctor read as well. :func:`connect_with_retry` / :func:`aconnect_with_retry`
+run the loop around a driver's ``attempt(password, timeout)`` callable; they take the password from a
+token provider (see :class:`TokenProvider`) on every attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from ._redact import redact
 from ._telemetry import Counters, event
+from .diagnosis import CONNECTION_ERRORS, EXTERNAL_AUTHORIZATION, SQLSTATES, Classification, Kind, verdict
 from .errors import (
     AuthenticationFailed,
     ConnectionFailed,
     CredentialsUnavailable,
     LakebaseError,
-    PermissionDenied,
 )
 
 log = logging.getLogger("lakebase.connect")
 T = TypeVar("T")
-
-
-class Kind(enum.Enum):
-    TRANSIENT = "transient"
-    AUTH = "auth"
-    FATAL = "fatal"
-
-
-@dataclass(frozen=True)
-class Classification:
-    kind: Kind
-    reason: str
-    sqlstate: str | None = None
-    hint: str = ""
-    error: type[ConnectionFailed] = ConnectionFailed
-
-
-_TRANSIENT_STATES = {"57P01": "connection terminated by the server (restart or scale to zero)",
-                     "57P02": "crash shutdown", "57P03": "the server is starting up",
-                     "53300": "too many connections", "53000": "insufficient resources",
-                     "40001": "serialization failure"}
-
-_NO_HOST = Classification(Kind.FATAL, "the host name does not resolve", None,
-                          "check PGHOST or the endpoint's host")
-# Message fragments (lowercase; all of a rule's fragments must occur), checked in order: the first match wins.
-_MESSAGE_RULES: list[tuple[tuple[str, ...], Classification]] = [
-    (("failed to decode token",), Classification(Kind.AUTH, "token rejected", "28P01")),
-    (("password authentication failed",), Classification(Kind.AUTH, "token rejected", "28P01")),
-    (("sasl authentication failed",), Classification(
-        Kind.FATAL, "authentication failed", "28P01",
-        "OAuth tokens are not accepted by the built-in pooler hosts (...-pooler...): use the endpoint's host",
-        AuthenticationFailed)),
-    (("connection is insecure",), Classification(
-        Kind.FATAL, "TLS is required", "08P01", "use sslmode=require", ConnectionFailed)),
-    # TLS verification (sslmode=verify-ca/verify-full): retrying cannot make a certificate verify.
-    (("certificate verify failed",), Classification(
-        Kind.FATAL, "the server's TLS certificate did not verify", "08006",
-        "check sslrootcert (PGSSLROOTCERT), or use sslmode=require")),
-    (("does not match host name",), Classification(
-        Kind.FATAL, "the server's TLS certificate is for another host name", "08006",
-        "connect with the endpoint's host name, or use sslmode=verify-ca or require")),
-    (("root certificate file",), Classification(
-        Kind.FATAL, "the TLS root certificate (sslrootcert) cannot be read", None,
-        "check sslrootcert (PGSSLROOTCERT) points to a readable PEM file")),
-    (("permission denied",), Classification(
-        Kind.FATAL, "permission denied", "42501",
-        'as the owner: GRANT CONNECT ON DATABASE <db> TO "<role>" (and schema and table privileges)',
-        PermissionDenied)),
-    (("connect privilege",), Classification(
-        Kind.FATAL, "permission denied", "42501", 'as the owner: GRANT CONNECT ON DATABASE <db> TO "<role>"',
-        PermissionDenied)),
-    (("role \"", "does not exist"), Classification(
-        Kind.FATAL, "the Postgres role does not exist", "28000",
-        "create it as the project owner: CREATE EXTENSION IF NOT EXISTS databricks_auth; "
-        "SELECT databricks_create_role('<user email or service principal client id>', "
-        "'<user|service_principal>')",
-        AuthenticationFailed)),
-    (("database \"", "does not exist"), Classification(
-        Kind.FATAL, "the database does not exist", "3D000",
-        "check PGDATABASE (default databricks_postgres)")),
-    (("does not exist",), Classification(
-        Kind.FATAL, "not found", None, "check the endpoint and database names")),
-    (("endpoint is disabled",), Classification(Kind.FATAL, "the endpoint is disabled", None)),
-    (("temporary failure in name resolution",), Classification(Kind.TRANSIENT, "DNS temporarily failing")),
-    (("could not translate host name",), _NO_HOST),
-    (("failed to resolve host",), _NO_HOST),
-    (("name or service not known",), _NO_HOST),
-    (("nodename nor servname",), _NO_HOST),
-    (("terminating connection",),
-     Classification(Kind.TRANSIENT, "connection terminated by the server", "57P01")),
-    (("the database system is",),
-     Classification(Kind.TRANSIENT, "the server is starting or stopping", "57P03")),
-    (("too many clients",), Classification(Kind.TRANSIENT, "too many connections", "53300")),
-    (("too many connections",), Classification(Kind.TRANSIENT, "too many connections", "53300")),
-    (("remaining connection slots",), Classification(Kind.TRANSIENT, "too many connections", "53300")),
-    (("connection refused",), Classification(Kind.TRANSIENT, "connection refused", "08001")),
-    (("connection reset",), Classification(Kind.TRANSIENT, "connection reset", "08006")),
-    (("server closed the connection",),
-     Classification(Kind.TRANSIENT, "connection closed by the server", "08006")),
-    (("timeout expired",), Classification(Kind.TRANSIENT, "timed out", "08001")),
-    (("timed out",), Classification(Kind.TRANSIENT, "timed out", "08001")),
-    (("couldn't connect to compute",), Classification(Kind.TRANSIENT, "the compute is waking up", "08001")),
-    (("could not receive data",), Classification(Kind.TRANSIENT, "connection lost", "08006")),
-    (("could not send data",), Classification(Kind.TRANSIENT, "connection lost", "08006")),
-    (("ssl syscall error",), Classification(Kind.TRANSIENT, "connection lost", "08006")),
-    (("ssl connection has been closed",), Classification(Kind.TRANSIENT, "connection lost", "08006")),
-    (("eof detected",), Classification(Kind.TRANSIENT, "connection lost", "08006")),
-    (("network is unreachable",), Classification(Kind.TRANSIENT, "network unreachable", "08001")),
-    (("no route to host",), Classification(Kind.TRANSIENT, "network unreachable", "08001")),
-]
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -147,21 +56,18 @@ def classify(exc: BaseException) -> Classification:
         return Classification(Kind.FATAL, type(exc).__name__)
     state = _sqlstate(exc)
     text = str(exc).lower()
-    if "external authorization failed" in text:  # whatever SQLSTATE it comes with (28P01, 28000, XX000)
+    if EXTERNAL_AUTHORIZATION in text:
         return Classification(Kind.TRANSIENT, "external authorization failed (a new role is propagating)", state)
-    if state == "28P01":
-        return Classification(Kind.AUTH, "token rejected", state)
-    if state == "42501":
-        return Classification(Kind.FATAL, "permission denied", state, error=PermissionDenied)
-    if state in _TRANSIENT_STATES:
-        return Classification(Kind.TRANSIENT, _TRANSIENT_STATES[state], state)
+    known = SQLSTATES.get(state or "")
+    if known is not None and known.connect is not None:
+        return known.connect
     if state is not None and state.startswith("08") and "does not exist" not in text:
         return Classification(Kind.TRANSIENT, "connection error", state)
-    for fragments, verdict in _MESSAGE_RULES:
-        if all(f in text for f in fragments):
-            if state and state != verdict.sqlstate:
-                return Classification(verdict.kind, verdict.reason, state, verdict.hint, verdict.error)
-            return verdict
+    found = verdict(text)
+    if found is not None:
+        if state and state != found.sqlstate:
+            return Classification(found.kind, found.reason, state, found.hint, found.error)
+        return found
     if state is not None and state.startswith("28"):
         return Classification(Kind.FATAL, "authentication failed", state, error=AuthenticationFailed)
     if isinstance(exc, socket.gaierror):
@@ -172,9 +78,7 @@ def classify(exc: BaseException) -> Classification:
         return Classification(Kind.TRANSIENT, "timed out")
     if isinstance(exc, (ConnectionError, OSError)):
         return Classification(Kind.TRANSIENT, "network error")
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & {"OperationalError", "InterfaceError", "ConnectionDoesNotExistError",
-                "CannotConnectNowError", "TooManyConnectionsError"}:
+    if {cls.__name__ for cls in type(exc).__mro__} & CONNECTION_ERRORS:
         return Classification(Kind.TRANSIENT, "connection error", state)
     return Classification(Kind.FATAL, type(exc).__name__, state)
 

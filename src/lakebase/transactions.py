@@ -71,6 +71,7 @@ from typing import Any, TypeVar
 from ._targets import ConnectionKind, connection_kind, target_kind
 from ._targets import short as _short
 from ._telemetry import event
+from .diagnosis import LOST_CONNECTION_ERRORS, SQLSTATES, connection_lost
 from .errors import LakebaseError
 from .retry import Backoff, Deadline
 
@@ -80,15 +81,6 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 5
 DEADLINE = 60.0
 
-_SERVER_RETRY = {"40001": "serialization failure", "40P01": "deadlock detected"}
-_SESSION_ENDED = {"57P01": "the session was terminated (restart or scale to zero)",
-                  "57P02": "the server crashed", "57P03": "the server is starting up"}
-_LOST_TEXT = ("server closed the connection", "connection is closed", "connection is lost",
-              "connection was closed", "connection has been closed", "terminating connection",
-              "consuming input failed", "could not receive data", "could not send data", "ssl syscall error",
-              "ssl connection has been closed", "connection reset", "broken pipe", "eof detected",
-              # asyncpg detaches a pool's proxy when its connection dies; run_transaction holds the proxy
-              "released back to the pool")
 _XID_SQL = "SELECT pg_current_xact_id_if_assigned()::text"  # NULL when the transaction wrote nothing
 _STATUS_SQL = "SELECT pg_xact_status(CAST(%s AS text)::xid8)"  # committed, aborted or in progress
 _ISOLATION = {"serializable": "SERIALIZABLE", "repeatable read": "REPEATABLE READ",
@@ -141,10 +133,9 @@ def retry_reason(exc: BaseException, connection_broken: bool = False) -> tuple[s
     if isinstance(exc, LakebaseError):  # connecting already retried until its deadline
         return None
     state = sqlstate(exc)
-    if state in _SERVER_RETRY:
-        return _SERVER_RETRY[state], False
-    if state in _SESSION_ENDED:
-        return _SESSION_ENDED[state], True
+    known = SQLSTATES.get(state or "")
+    if known is not None and known.transaction is not None:
+        return known.transaction, known.lost
     if state is not None and state.startswith("08"):
         return "the connection was lost", True
     if getattr(exc, "connection_invalidated", False) or (connection_broken and _from_driver(exc)):
@@ -153,14 +144,14 @@ def retry_reason(exc: BaseException, connection_broken: bool = False) -> tuple[s
         return None
     driver_exc = _driver_error(exc)
     names = {cls.__name__ for cls in type(driver_exc).__mro__}
-    if names & {"ConnectionDoesNotExistError", "ConnectionFailureError"}:
+    if names & LOST_CONNECTION_ERRORS:
         return "the connection was lost", True
     if "InternalClientError" in names:  # asyncpg's protocol is out of step (e.g. after a FATAL): unusable
         return "the connection is unusable", True
     if isinstance(driver_exc, ConnectionError):
         return "the connection was lost", True
     text = str(driver_exc).lower()
-    if names & {"OperationalError", "InterfaceError", "InternalClientError"} and any(t in text for t in _LOST_TEXT):
+    if names & {"OperationalError", "InterfaceError", "InternalClientError"} and connection_lost(text):
         return "the connection was lost", True
     return None
 

@@ -22,7 +22,6 @@ Nothing it uses is reachable by other local users (the emulator often runs as ro
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pwd
@@ -36,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from .files import open_private_log, write_private
+from .supervise import parent_death_signal
 
 log = logging.getLogger("lakebase.emulator.postgres")
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
-PR_SET_PDEATHSIG = 1
 # In the data directory, where databricks_create_role reads the workspace's identities (a fixed path:
 # a session cannot point the SECURITY DEFINER function elsewhere).
 IDENTITIES_FILE = "databricks_auth_identities.json"
@@ -105,11 +104,6 @@ def _os_user_name(uid: int) -> str | None:
         return pwd.getpwuid(uid).pw_name
     except KeyError:  # a uid without a passwd entry (some containers): peer authentication cannot name it
         return None
-
-
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)  # SIGINT = fast shutdown
 
 
 class PostgresServer:
@@ -252,7 +246,8 @@ class PostgresServer:
                 args += ["-c", f"{key}={value}"]
             self._proc = subprocess.Popen(
                 args, **self._as_user(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                pass_fds=fds, preexec_fn=_set_parent_death_signal, start_new_session=True,
+                pass_fds=fds, preexec_fn=parent_death_signal(signal.SIGINT),  # SIGINT = fast shutdown
+                start_new_session=True,
             )
         self._wait_ready(timeout)
 
