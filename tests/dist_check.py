@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "lakebase"
-EXTRAS = "emulator,sqlalchemy,asyncpg"  # together they need every module of the package
+EXTRAS = "emulator,sqlalchemy,asyncpg,alembic"  # together they need every module of the package
 # What the sdist must hold besides the package: the files that build, test and demonstrate it.
 SDIST_FILES = ("pyproject.toml", "README.md", "CHANGELOG.md", "LICENSE", "Makefile", "MANIFEST.in",
                "tests/conftest.py", "tests/lakebase_support.py", "tests/dist_check.py",
@@ -53,7 +53,7 @@ def package_files() -> tuple[list[str], list[str]]:
         if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
             continue
         rel = path.relative_to(PACKAGE.parent)
-        if path.suffix == ".py":
+        if path.suffix == ".py" and "templates" not in rel.parts:  # a template (alembic's env.py) is data
             parts = rel.with_suffix("").parts
             modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
         else:
