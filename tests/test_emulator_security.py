@@ -209,3 +209,59 @@ def test_extension_scripts_define_the_same_function() -> None:
 
     assert function("databricks_auth--1.1.sql") == function("databricks_auth--1.0--1.1.sql")
     assert "current_setting" not in function("databricks_auth--1.1.sql")
+
+
+@needs_root
+@pytest.mark.parametrize("handle", ["in-process", "child process"])
+def test_a_data_directory_another_user_made_is_refused(handle: str) -> None:
+    """A predictable path under a world-writable directory (/tmp/lb): another user creates it first,
+    with a symlink inside where Postgres's data goes and a log that points at a root-owned file. The
+    emulator must refuse it before it chowns, chmods or appends to anything."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="lakebase-security-"))  # pytest's own are 0700: unreachable
+    try:
+        _refuses_planted_directories(tmp_path, handle)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _refuses_planted_directories(tmp_path: Path, handle: str) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    tmp_path.chmod(0o755)
+    victim_dir, victim_file = tmp_path / "victim-dir", tmp_path / "victim.txt"
+    victim_dir.mkdir(mode=0o755)
+    victim_file.write_text("root's\n")
+    planted = shared / "lb"
+    made = as_attacker("sh", "-c", f"mkdir -m 0777 {planted} && ln -s {victim_dir} {planted}/pgdata && "
+                                   f"ln -s {victim_file} {planted}/emulator.log")
+    assert made.returncode == 0, made.stderr
+    from lakebase.emulator import EmulatorProcess
+    from lakebase.emulator.files import UnsafeDirectory
+
+    with pytest.raises(UnsafeDirectory, match=r"belongs to uid .*Fix: use a directory of your own"):
+        if handle == "in-process":
+            Emulator(planted).start()
+        else:
+            EmulatorProcess(planted).start()
+    assert stat.S_IMODE(victim_dir.stat().st_mode) == 0o755 and victim_dir.stat().st_uid == 0
+    assert victim_file.read_text() == "root's\n"
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real").mkdir(mode=0o700)
+    with pytest.raises(UnsafeDirectory, match="is a symbolic link"):
+        Emulator(link).start()
+    made = as_attacker("ln", "-s", str(tmp_path), str(shared / "evil"))  # a link someone else owns, on the way
+    assert made.returncode == 0, made.stderr
+    with pytest.raises(UnsafeDirectory, match=r"is reached through .*evil, a symbolic link of uid"):
+        EmulatorProcess(shared / "evil" / "emu").start()
+    assert not (tmp_path / "emu").exists()
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(UnsafeDirectory, match="writable by other users"):
+        EmulatorProcess(open_dir).start()
+
+
+def test_the_child_emulators_log_is_private(emulator: Any) -> None:
+    assert stat.S_IMODE((emulator.data_dir / "emulator.log").stat().st_mode) == 0o600

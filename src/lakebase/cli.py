@@ -165,7 +165,7 @@ def start_emulator(data_dir: str, api_port: int, pg_port: int | None, token_ttl:
     from .emulator.postgres import PostgresError
 
     t0 = time.monotonic()
-    where = Path(data_dir).resolve()
+    where = Path(data_dir).absolute()  # not resolved: the emulator checks links on the way
     wanted = pg_port
     if pg_port is None:
         pg_port = LAKEBASE_PG_PORT if loopback_port_free(LAKEBASE_PG_PORT) else 0

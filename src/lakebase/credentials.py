@@ -161,13 +161,12 @@ class TokenSource(Protocol):
     def mint(self) -> Credential: ...
 
 
-class EndpointTokenSource:
-    """Lakebase Autoscaling: ``w.postgres.generate_database_credential(endpoint=...)``."""
+class _ApiTokenSource:
+    """A token source that mints through the workspace API, bounded by its ``timeout``."""
 
-    def __init__(self, apis: _sdk.BoundedApis, endpoint: str) -> None:
+    def __init__(self, apis: _sdk.BoundedApis, describe: str) -> None:
         self.apis = apis
-        self.endpoint = endpoint
-        self.describe = f"endpoint {endpoint}"
+        self.describe = describe
 
     @property
     def timeout(self) -> float:
@@ -176,6 +175,14 @@ class EndpointTokenSource:
     def abandoned(self) -> None:
         """A mint overran its time: the next one uses a fresh SDK authentication."""
         self.apis.reset_auth()
+
+
+class EndpointTokenSource(_ApiTokenSource):
+    """Lakebase Autoscaling: ``w.postgres.generate_database_credential(endpoint=...)``."""
+
+    def __init__(self, apis: _sdk.BoundedApis, endpoint: str) -> None:
+        super().__init__(apis, f"endpoint {endpoint}")
+        self.endpoint = endpoint
 
     def mint(self) -> Credential:
         api = self.apis.postgres
@@ -185,21 +192,12 @@ class EndpointTokenSource:
         return Credential.from_expiry(response.token, response.expire_time.ToDatetime(tzinfo=UTC))
 
 
-class InstanceTokenSource:
+class InstanceTokenSource(_ApiTokenSource):
     """Lakebase Provisioned: ``w.database.generate_database_credential(instance_names=[...])``."""
 
     def __init__(self, apis: _sdk.BoundedApis, instance_name: str) -> None:
-        self.apis = apis
+        super().__init__(apis, f"instance {instance_name}")
         self.instance_name = instance_name
-        self.describe = f"instance {instance_name}"
-
-    @property
-    def timeout(self) -> float:
-        return self.apis.timeout
-
-    def abandoned(self) -> None:
-        """A mint overran its time: the next one uses a fresh SDK authentication."""
-        self.apis.reset_auth()
 
     def mint(self) -> Credential:
         api = self.apis.database

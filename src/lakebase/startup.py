@@ -76,16 +76,41 @@ def is_transient(exc: BaseException) -> bool:
     return classify(exc).kind is Kind.TRANSIENT
 
 
-def _not_ready(timeout: float, attempts: int, last: BaseException) -> NotReady:
-    return NotReady(f"The database did not take a login within {timeout:g}s ({attempts} attempt"
-                    f"{'s' if attempts != 1 else ''}); it may still be waking or restarting, or the workspace "
-                    f"API is unavailable. Last error: {last}. Fix: wait longer (--timeout), or run "
-                    "`lakebase doctor` to see which step fails",
-                    cause=last, sqlstate=getattr(last, "sqlstate", None), attempts=attempts)
+QUERY = "SELECT current_user, current_database()"
 
 
-def _overrides(timeout: float, connect_args: dict[str, Any]) -> dict[str, Any]:
-    return {"connect_timeout": min(10.0, max(2.0, timeout)), **connect_args}
+class _Rounds:
+    """The waiting decisions, shared by :func:`wait_until_ready` and :func:`wait_until_ready_async`."""
+
+    def __init__(self, timeout: float, connect_args: dict[str, Any]) -> None:
+        self.timeout = timeout
+        self.deadline, self.backoff = Deadline(timeout), Backoff(0.2, 2.0, 5.0)
+        self.attempts, self.started = 0, time.monotonic()
+        self.options = {"connect_timeout": min(10.0, max(2.0, timeout)), **connect_args}
+
+    def connect_args(self) -> dict[str, Any]:
+        """The next round's arguments of ``lakebase.connect(_async)``."""
+        self.attempts += 1
+        return {"connect_deadline": max(1.0, self.deadline.remaining()), "autocommit": True, **self.options}
+
+    def ready(self, host: Any, row: Any) -> Ready:
+        assert row is not None
+        user, database = row
+        return Ready(str(host), str(user), str(database), time.monotonic() - self.started, self.attempts)
+
+    def failed(self, exc: Exception) -> float:
+        """Seconds to wait before the next round; or raise what the caller should get."""
+        if not is_transient(exc):
+            raise exc
+        delay = self.backoff.next_delay()
+        if delay >= self.deadline.remaining():
+            n = self.attempts
+            raise NotReady(f"The database did not take a login within {self.timeout:g}s ({n} attempt"
+                           f"{'s' if n != 1 else ''}); it may still be waking or restarting, or the workspace "
+                           f"API is unavailable. Last error: {exc}. Fix: wait longer (--timeout), or run "
+                           "`lakebase doctor` to see which step fails",
+                           cause=exc, sqlstate=getattr(exc, "sqlstate", None), attempts=n) from exc
+        return delay
 
 
 def wait_until_ready(timeout: float = 60.0, **connect_args: Any) -> Ready:
@@ -98,52 +123,29 @@ def wait_until_ready(timeout: float = 60.0, **connect_args: Any) -> Ready:
     """
     import lakebase
 
-    deadline, backoff, attempts, started = Deadline(timeout), Backoff(0.2, 2.0, 5.0), 0, time.monotonic()
-    options = _overrides(timeout, connect_args)
+    rounds = _Rounds(timeout, connect_args)
     while True:
-        attempts += 1
         try:
-            with lakebase.connect(connect_deadline=max(1.0, deadline.remaining()), autocommit=True,
-                                  **options) as conn:
-                row = conn.execute("SELECT current_user, current_database()").fetchone()
-                assert row is not None
-                user, database = row
-                target = conn.info.host
-            return Ready(str(target), str(user), str(database), time.monotonic() - started, attempts)
+            with lakebase.connect(**rounds.connect_args()) as conn:
+                return rounds.ready(conn.info.host, conn.execute(QUERY).fetchone())
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            delay = backoff.next_delay()
-            if delay >= deadline.remaining():
-                raise _not_ready(timeout, attempts, exc) from exc
-            time.sleep(delay)
+            delay = rounds.failed(exc)
+        time.sleep(delay)
 
 
 async def wait_until_ready_async(timeout: float = 60.0, **connect_args: Any) -> Ready:
     """The async twin of :func:`wait_until_ready` (nothing blocking runs on the event loop)."""
     import lakebase
 
-    deadline, backoff, attempts, started = Deadline(timeout), Backoff(0.2, 2.0, 5.0), 0, time.monotonic()
-    options = _overrides(timeout, connect_args)
+    rounds = _Rounds(timeout, connect_args)
     while True:
-        attempts += 1
         try:
-            conn = await lakebase.connect_async(connect_deadline=max(1.0, deadline.remaining()), autocommit=True,
-                                                **options)
-            async with conn:
-                cur = await conn.execute("SELECT current_user, current_database()")
-                row = await cur.fetchone()
-                assert row is not None
-                user, database = row
-                target = conn.info.host
-            return Ready(str(target), str(user), str(database), time.monotonic() - started, attempts)
+            async with await lakebase.connect_async(**rounds.connect_args()) as conn:
+                cur = await conn.execute(QUERY)
+                return rounds.ready(conn.info.host, await cur.fetchone())
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            delay = backoff.next_delay()
-            if delay >= deadline.remaining():
-                raise _not_ready(timeout, attempts, exc) from exc
-            await asyncio.sleep(delay)
+            delay = rounds.failed(exc)
+        await asyncio.sleep(delay)
 
 
 __all__ = ["EXIT_NOT_READY", "EXIT_PERMANENT", "EXIT_READY", "NotReady", "Ready", "is_transient",

@@ -40,6 +40,12 @@ nothing of it can outlive a lost session (temporary tables die with it), so ther
 trip, and a COMMIT that lost its connection simply runs the unit again. (A unit that switches
 itself back with ``SET TRANSACTION READ WRITE`` defeats this: don't.)
 
+One effect has no transaction id before COMMIT: a notification. A unit whose only effect is
+``NOTIFY`` / ``pg_notify()`` (allowed in READ ONLY transactions too) looks like one that wrote
+nothing, so if its COMMIT loses the connection it runs again and listeners may get the notification
+twice. Give such a unit a write (e.g. an outbox row, whose id listeners can deduplicate on), or make
+its listeners idempotent.
+
 Only when the outcome cannot be learned (still in progress or the status query failing at the
 deadline, or the status query failing with an error that is not a lost connection) is
 :class:`CommitOutcomeUnknown` raised, naming the transaction id to check.

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .api import start_api
 from .faults import ConfigError, EmulatorConfig
-from .files import write_private
+from .files import private_directory, write_private
 from .proxy import Proxy
 from .runtime import Runtime
 from .state import DEFAULT_DATABASE, Endpoint, Identity, Workspace
@@ -48,7 +48,7 @@ class Emulator:
 
     def __init__(self, data_dir: str | Path, *, api_port: int = 0, pg_port: int = 0,
                  host: str = "127.0.0.1", token_ttl: float | None = None, **config: Any) -> None:
-        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.data_dir = Path(data_dir).expanduser().absolute()  # links are checked at start
         self.host = host
         self._api_port = api_port
         self._pg_port = pg_port
@@ -75,7 +75,7 @@ class Emulator:
     def start(self, timeout: float = 60.0) -> Emulator:
         if self._thread is not None:
             raise RuntimeError("this emulator is already started")
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private when we make it
+        private_directory(self.data_dir)
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="lakebase-emulator", daemon=True)
         self._thread.start()

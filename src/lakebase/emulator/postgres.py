@@ -191,7 +191,7 @@ class PostgresServer:
         self.pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner = self._owner()
         if owner is not None:
-            os.chown(self.pgdata, *owner)
+            os.chown(self.pgdata, *owner, follow_symlinks=False)
         self.pgdata.chmod(0o700)
         with self._server_paths() as (data, _, fds):
             cmd = [

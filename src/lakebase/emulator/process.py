@@ -22,6 +22,7 @@ from typing import Any
 
 from .control import ADMIN_ROUTES
 from .faults import ConfigError
+from .files import open_private_log, private_directory
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class EmulatorProcess:
 
     def __init__(self, data_dir: str | Path, *, api_port: int = 0, pg_port: int = 0,
                  token_ttl: float | None = None, startup_timeout: float = 60.0) -> None:
-        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.data_dir = Path(data_dir).expanduser().absolute()  # links are checked at start
         self._args = ["--api-port", str(api_port), "--pg-port", str(pg_port)]
         if token_ttl is not None:
             self._args += ["--token-ttl", str(token_ttl)]
@@ -66,11 +67,11 @@ class EmulatorProcess:
         self.stop()
 
     def start(self) -> EmulatorProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.data_dir)
         for name in ("user.env", "app.env"):
             (self.data_dir / name).unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
-        log = open(self.data_dir / "emulator.log", "ab")
+        log = open_private_log(self.data_dir / "emulator.log")
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "lakebase", "emulator", "start", "--data-dir", str(self.data_dir),

@@ -73,7 +73,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 def start_gunicorn(app_dir: Path, env: dict[str, str], port: int, workers: int, log_path: Path,
                    host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """gunicorn serving ``app:app`` of ``app_dir`` in its own session (its own process group)."""
-    log = open(log_path, "ab")
+    from .files import open_private_log
+
+    log = open_private_log(log_path)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"{host}:{port}",
