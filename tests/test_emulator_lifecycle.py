@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -108,17 +109,35 @@ def test_env_files_sigterm_and_persistence(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
+def runtime_dirs_of(pid: int) -> list[Path]:
+    """The private runtime directories (socket, pg_hba.conf) of the emulator process ``pid``."""
+    from lakebase.emulator.postgres import OWNER_FILE, RUNTIME_PREFIX
+
+    found = []
+    for candidate in Path(tempfile.gettempdir()).glob(RUNTIME_PREFIX + "*"):
+        try:
+            if int((candidate / OWNER_FILE).read_text()) == pid:
+                found.append(candidate)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def test_killed_emulator_leaves_no_orphan_and_restarts(tmp_path: Path) -> None:
     data_dir = tmp_path / "emu"
     proc = start_cli(data_dir)
     pids = postgres_pids(data_dir)
+    left = runtime_dirs_of(proc.pid)
+    assert len(left) == 1, left  # the primary's (no read replica here)
     proc.kill()
     proc.communicate(timeout=30)
     assert wait_gone(pids), "postgres kept running after the emulator was killed"
+    assert left[0].exists()  # a killed emulator cannot clean up: the next start does
     proc = start_cli(data_dir)
     try:
         with connect_as_owner(data_dir) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert not left[0].exists(), "the killed emulator's runtime directory was not removed"
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

@@ -27,6 +27,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -48,6 +49,27 @@ IDENTITIES_FILE = "databricks_auth_identities.json"
 
 class PostgresError(RuntimeError):
     pass
+
+
+RUNTIME_PREFIX = "lakebase-pg-"
+OWNER_FILE = "emulator.pid"  # in a runtime directory: the emulator process it belongs to
+
+
+def _sweep_runtime_dirs(owners: set[int]) -> None:
+    """Remove runtime directories left by emulators that were killed (their ``close()`` never ran):
+    ours or Postgres's OS user's, whose emulator process is gone."""
+    for candidate in Path(tempfile.gettempdir()).glob(RUNTIME_PREFIX + "*"):
+        try:
+            st = os.lstat(candidate)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners:
+                continue
+            pid = int((candidate / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # another user's, one being made, or one of an older version: leave it
+        if pid == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue
+        log.info("removing %s, left by an emulator (pid %d) that is gone", candidate, pid)
+        shutil.rmtree(candidate, ignore_errors=True)
 
 
 def _bin_dir() -> Path:
@@ -127,9 +149,11 @@ class PostgresServer:
 
         Filled while it is still ours (0700, created by mkdtemp: no one else can have pre-created or
         entered it), then handed to Postgres's OS user."""
-        runtime = Path(tempfile.mkdtemp(prefix="lakebase-pg-"))
+        owner = self._owner()
+        _sweep_runtime_dirs({os.geteuid()} | ({owner[0]} if owner else set()))
+        runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
         try:
-            owner = self._owner()
+            write_private(runtime / OWNER_FILE, str(os.getpid()), owner)
             (runtime / "extension").mkdir(mode=0o700)
             for src in extension_source.iterdir():
                 if src.suffix in (".control", ".sql"):
