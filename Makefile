@@ -32,7 +32,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps
 	@$(BIN)/mypy src/lakebase
-	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps

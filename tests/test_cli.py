@@ -519,6 +519,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == 0
 
 
+@pytest.mark.xdist_group("port-5432")  # both take the port: one worker runs them in turn
 def test_emulator_start_says_when_5432_is_taken(port_data_dir: Path) -> None:
     import socket
 
@@ -542,6 +543,7 @@ def test_emulator_start_says_when_5432_is_taken(port_data_dir: Path) -> None:
         holder.close()
 
 
+@pytest.mark.xdist_group("port-5432")  # both take the port: one worker runs them in turn
 def test_emulator_start_listens_on_5432_when_free(port_data_dir: Path) -> None:
     import socket
 

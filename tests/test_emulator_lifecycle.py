@@ -132,7 +132,7 @@ def test_killed_emulator_leaves_no_orphan_and_restarts(tmp_path: Path) -> None:
     proc.kill()
     proc.communicate(timeout=30)
     assert wait_gone(pids), "postgres kept running after the emulator was killed"
-    assert left[0].exists()  # a killed emulator cannot clean up: the next start does
+    # A killed emulator cannot clean up: the next start (this one, or any other emulator's) does.
     proc = start_cli(data_dir)
     try:
         with connect_as_owner(data_dir) as conn:
