@@ -9,13 +9,18 @@ test order never matters.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from databricks.sdk.service.postgres import Endpoint, EndpointSpec, EndpointType
 
+from lakebase import connector
 from lakebase.emulator import EmulatorProcess
+
+from .lakebase_support import pat_client
 
 Emulator = EmulatorProcess  # the type the fixtures hand out
 
@@ -126,3 +131,25 @@ def app_role(emulator: Emulator) -> str:
         if not exists:
             conn.execute(TUTORIAL_STEP2_SQL.replace("<DATABRICKS_CLIENT_ID>", app))  # type: ignore[arg-type]
     return app
+
+
+@pytest.fixture
+def fresh_registries() -> Iterator[None]:
+    """No shared connector (credential cache, target) survives from one test into the next."""
+    connector.reset()
+    yield
+    connector.reset()
+
+
+@pytest.fixture
+def replica(emulator: Emulator) -> Iterator[str]:
+    """A read-only endpoint (its id), made through the SDK for one test and deleted after it."""
+    w = pat_client(emulator)
+    parent = emulator.endpoint_name.rsplit("/endpoints/", 1)[0]
+    endpoint_id = "replica-" + uuid.uuid4().hex[:6]
+    w.postgres.create_endpoint(parent=parent, endpoint_id=endpoint_id, endpoint=Endpoint(
+        spec=EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_ONLY))).wait()
+    try:
+        yield endpoint_id
+    finally:
+        w.postgres.delete_endpoint(f"{parent}/endpoints/{endpoint_id}").wait()

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,8 @@ COMMANDS = [[], ["emulator"], ["emulator", "start"], ["demo"], ["init-schema"], 
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registries() -> Iterator[None]:
-    connector.reset()
-    yield
-    connector.reset()
+def _fresh_registries(fresh_registries: None) -> None:
+    """Every test starts and ends with no shared connectors (conftest.fresh_registries)."""
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -51,6 +51,20 @@ def owner_query(emu: Emulator, token: str) -> int:
 
 
 # ---- pure parts --------------------------------------------------------------------------------
+def child_exit_code(pid: int, hung: str) -> int:
+    """The exit code of the forked child ``pid``; killed, and the test failed with ``hung``, after 60 s."""
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(hung)
+        time.sleep(0.05)
+
+
 def test_parse_rfc3339() -> None:
     utc = UTC
     assert parse_rfc3339("2026-11-21T09:11:21.669877Z") == datetime(2026, 11, 21, 9, 11, 21, 669877, utc)
@@ -378,17 +392,7 @@ def test_a_forked_child_uses_its_own_lock_thread_and_sessions(emulator: Emulator
                 os._exit(code)
     finally:
         cache._lock.release()
-    deadline = time.monotonic() + 60
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung (did it use the parent's lock?)")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_exit_code(pid, "the forked child hung (did it use the parent's lock?)") == 0
     assert cache.token() == parent_token  # the parent is unaffected
     cache.close()
 
@@ -608,15 +612,5 @@ def test_a_child_forked_while_the_sdk_holds_its_oauth_lock_gets_its_own_client(
         finally:
             os._exit(code)
     api_hang(0)  # the endpoint answers again (the parent's stuck request too)
-    deadline = time.monotonic() + 60
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung (did it wait for the SDK lock its parent held?)")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_exit_code(pid, "the forked child hung (did it wait for the SDK lock its parent held?)") == 0
     assert owner_query_as(emulator, app_role, cache.token()) == 1  # the parent recovered too

@@ -9,12 +9,10 @@ import struct
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from databricks.sdk.service.postgres import Endpoint, EndpointSpec, EndpointType
 
 import lakebase
 from lakebase import ResolutionError, Settings, _sdk, connector, endpoints
@@ -189,19 +187,6 @@ def test_without_dnspython_the_fallback_says_what_to_install() -> None:
 
 
 # ---- the endpoint of a host (PGHOST without ENDPOINT_NAME), against the emulator ---------------------
-@pytest.fixture
-def replica(emulator: Emulator) -> Iterator[str]:
-    w = pat_client(emulator)
-    parent = emulator.endpoint_name.rsplit("/endpoints/", 1)[0]
-    endpoint_id = "replica-" + uuid.uuid4().hex[:6]
-    w.postgres.create_endpoint(parent=parent, endpoint_id=endpoint_id, endpoint=Endpoint(
-        spec=EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_ONLY))).wait()
-    try:
-        yield endpoint_id
-    finally:
-        w.postgres.delete_endpoint(f"{parent}/endpoints/{endpoint_id}").wait()
-
-
 @pytest.fixture
 def host_only_env(user_env: dict[str, str], clean_env: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The owner on a laptop with the host copied from the UI and no ENDPOINT_NAME."""

@@ -7,14 +7,12 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 import lakebase
-from lakebase import connector
 from lakebase.emulator.supervise import clean_environment
 from lakebase.grants import grant
 
@@ -25,10 +23,8 @@ Emulator = Any
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registries() -> Iterator[None]:
-    connector.reset()
-    yield
-    connector.reset()
+def _fresh_registries(fresh_registries: None) -> None:
+    """Every test starts and ends with no shared connectors (conftest.fresh_registries)."""
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from typing import Any
 import psycopg
 import psycopg_pool
 import pytest
-from databricks.sdk.service.postgres import Endpoint, EndpointSpec, EndpointType
 from psycopg.rows import dict_row
 
 import lakebase
@@ -333,19 +332,6 @@ def test_the_token_api_down_on_a_cold_cache(emulator: Emulator, user_env: dict[s
 
 
 # ---- read-only hosts and DNS ---------------------------------------------------------------------
-@pytest.fixture
-def replica(emulator: Emulator) -> Iterator[str]:
-    w = pat_client(emulator)
-    parent = emulator.endpoint_name.rsplit("/endpoints/", 1)[0]
-    endpoint_id = "replica-" + uuid.uuid4().hex[:6]
-    w.postgres.create_endpoint(parent=parent, endpoint_id=endpoint_id, endpoint=Endpoint(
-        spec=EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_ONLY))).wait()
-    try:
-        yield endpoint_id
-    finally:
-        w.postgres.delete_endpoint(f"{parent}/endpoints/{endpoint_id}").wait()
-
-
 def test_read_only_uses_the_read_only_host_through_the_dns_fallback(emulator: Emulator,
                                                                    app_env: dict[str, str],
                                                                    replica: str) -> None:

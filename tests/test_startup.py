@@ -7,12 +7,11 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from lakebase import AuthenticationFailed, ConnectionFailed, connector
+from lakebase import AuthenticationFailed, ConnectionFailed
 from lakebase.emulator.supervise import clean_environment
 from lakebase.startup import EXIT_NOT_READY, EXIT_PERMANENT, NotReady, wait_until_ready, wait_until_ready_async
 
@@ -20,10 +19,8 @@ Emulator = Any
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registries() -> Iterator[None]:
-    connector.reset()
-    yield
-    connector.reset()
+def _fresh_registries(fresh_registries: None) -> None:
+    """Every test starts and ends with no shared connectors (conftest.fresh_registries)."""
 
 
 def lakebase_wait(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
