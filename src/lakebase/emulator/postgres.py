@@ -12,7 +12,7 @@ Nothing it uses is reachable by other local users (the emulator often runs as ro
 * the socket lives in a private runtime directory (``mkdtemp``: an unpredictable name, created
   atomically, 0700) owned by Postgres's OS user, which also holds the server's ``pg_hba.conf`` (peer
   authentication: only the emulator's OS user, and the server's own, may log in) and the
-  ``databricks_auth`` extension files;
+  ``databricks_auth`` extension files, with the other extensions as Lakebase offers them (``extensions.py``);
 * no parent directory is opened up: as root, Postgres (which runs as ``embedded_postgres``) is handed
   its data and runtime directories as open file descriptors and reaches them as ``/proc/self/fd/N``,
   so a data directory under a 0700 parent works as is;
@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .extensions import write_extension_files
 from .files import open_private_log, write_private
 from .supervise import parent_death_signal
 
@@ -155,6 +156,7 @@ class PostgresServer:
         try:
             write_private(runtime / OWNER_FILE, str(os.getpid()), owner)
             (runtime / "extension").mkdir(mode=0o700)
+            write_extension_files(runtime / "extension", owner)
             for src in extension_source.iterdir():
                 if src.suffix in (".control", ".sql"):
                     write_private(runtime / "extension" / src.name, src.read_bytes(), owner)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .extensions import SUPERUSER_GROUP
 from .faults import ApiHang, ConfigError, CredentialOutage, EmulatorConfig, Stats
 from .postgres import SUPERUSER, PostgresServer
 from .replica import DROP_SLOT_SQL, SLOT, Replica
@@ -24,7 +25,6 @@ from .tokens import DATABASE_AUDIENCE, Claims, TokenAuthority
 
 log = logging.getLogger("lakebase.emulator")
 
-SUPERUSER_GROUP = "databricks_superuser"
 EXTENSION_SOURCE = Path(__file__).with_name("pg_extension")
 ROLE_ID_SETTING = "databricks_auth.role_id"  # a role-level setting: the role_id chosen at creation
 TERMINATE_WAIT_MS = 5000  # how long ending a session may wait for its backend to exit and its client to be told
@@ -80,6 +80,7 @@ class Runtime:
                 "fsync": "off",  # a local emulator: speed over crash safety (clean stops persist all)
                 "listen_addresses": "",
                 "log_min_messages": "warning",
+                "shared_preload_libraries": "pg_stat_statements",  # as on Lakebase: its views work once created
             },
         )
         # The hot standby behind read-only endpoints: made when one first needs it (ensure_replica).
