@@ -10,7 +10,8 @@
    gets the wheel with its extras; there every module of the package is imported and must come from
    that virtualenv, the ``lakebase`` command runs, and the emulator is started from the installed
    package: the owner runs the tutorial's schema step (the packaged ``databricks_auth`` extension) and
-   the app's service principal connects with OAuth M2M;
+   creates pgvector and the packaged pgcrypto stand-in, and the app's service principal connects with
+   OAuth M2M;
 4. another fresh virtualenv gets the wheel without extras: ``import lakebase`` works, each module
    that needs an extra names it, and so does the ``lakebase`` command, without a traceback.
 
@@ -153,6 +154,11 @@ with EmulatorProcess(Path(work) / "emulator") as emu:
     base = dict(os.environ)
     os.environ.update(emu.user_env)              # the project owner: the tutorial's schema step
     init_schema(emu.app_env["DATABRICKS_CLIENT_ID"])
+    with lakebase.connect() as conn:             # the packaged pgcrypto stand-in; pgvector, as the owner may
+        conn.execute("CREATE EXTENSION pgcrypto; CREATE EXTENSION vector")
+        sha1, = conn.execute("SELECT encode(digest('abc', 'sha1'), 'hex')").fetchone()
+        conn.rollback()
+    assert sha1 == "a9993e364706816aba3e25717850c26c9cd0d89d", sha1
     os.environ.clear()
     os.environ.update(base, **emu.app_env)       # the app's service principal, OAuth M2M
     with lakebase.connect() as conn:

@@ -211,10 +211,9 @@ BCRYPT = [  # (password, setting, hash): the bcrypt library's ($2b$) and Openwal
      "$2b$04$0123456789./ABCDEFGHIOW4/lF9tiB2qmonc73Ee/1SnDSpMXTLu"),
     # Only the first 72 bytes count: this is the hash of "x" * 72.
     ("x" * 100, "$2b$04$zzzzzzzzzzzzzzzzzzzzzu", "$2b$04$zzzzzzzzzzzzzzzzzzzzzugCNRp6Z/OS/mcJwGjM4wiaD5RxpLHsK"),
-    ("U*U", "$2a$05$CCCCCCCCCCCCCCCCCCCCC.", "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"),
     # The setting may be a whole stored hash: how apps check a password.
-    ("password", "$2b$04$R9h/cIPz0gi.URNNX3kh2OgfKBJ6F5znRH5wtbnPL60tMgJ0jG3sS",
-     "$2b$04$R9h/cIPz0gi.URNNX3kh2OgfKBJ6F5znRH5wtbnPL60tMgJ0jG3sS"),
+    ("U*U", "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+     "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"),
 ]
 MD5_CRYPT = [  # `openssl passwd -1 -salt SALT PASSWORD`
     ("password", "$1$saltsalt$", "$1$saltsalt$qjXMvbEw8oaL.CzflDtaK/"),

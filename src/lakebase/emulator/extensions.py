@@ -48,7 +48,8 @@ _GATE = """\
 DO $lakebase_gate$
 BEGIN
     IF NOT pg_catalog.pg_has_role(
-            (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = '{name}'), '{group}', 'MEMBER') THEN
+            (SELECT e.extowner FROM pg_catalog.pg_extension e
+              WHERE e.extname OPERATOR(pg_catalog.=) '{name}'::pg_catalog.name), '{group}', 'MEMBER') THEN
         RAISE EXCEPTION USING ERRCODE = '42501',
             MESSAGE = 'permission denied to {verb} extension "{name}"',
             HINT = 'On Lakebase only members of {group} {verb} this extension: ask the project owner to, '
