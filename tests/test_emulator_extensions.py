@@ -25,10 +25,12 @@ from .lakebase_support import m2m_client, pat_client
 
 Emulator = Any
 
-# What apps' migrations create first; vector, earthdistance and pg_stat_statements are superuser-only in
-# stock Postgres (Lakebase lets databricks_superuser create them), pgcrypto and uuid-ossp are stand-ins.
-LAKEBASE_EXTENSIONS = ("vector", "pg_trgm", "hstore", "citext", "ltree", "btree_gist", "pgcrypto", '"uuid-ossp"',
-                       "earthdistance", "pg_stat_statements", "bloom", "unaccent")
+# On Lakebase's list and superuser-only in stock Postgres: Lakebase lets databricks_superuser create them.
+GATED = ("vector", "autoinc", "bloom", "earthdistance", "insert_username", "intagg", "moddatetime", "pg_prewarm",
+         "pg_stat_statements", "pgrowlocks", "pgstattuple", "refint")
+# What apps' migrations create first, and those; pgcrypto and uuid-ossp are stand-ins.
+LAKEBASE_EXTENSIONS = ("pg_trgm", "hstore", "citext", "ltree", "btree_gist", "pgcrypto", '"uuid-ossp"',
+                       "unaccent", *GATED)
 
 
 @pytest.fixture
@@ -123,9 +125,9 @@ def test_an_apps_service_principal_is_refused_unless_granted(emulator: Emulator,
             # databricks_superuser.
             conn.execute("CREATE EXTENSION pg_trgm")
             conn.execute("CREATE EXTENSION pgcrypto")
-            for name in ("vector", "pg_stat_statements", "bloom"):
+            for name in GATED:
                 with pytest.raises(errors.InsufficientPrivilege) as info:
-                    conn.execute(f"CREATE EXTENSION {name}")
+                    conn.execute(f"CREATE EXTENSION {name} CASCADE")
                 assert info.value.diag.message_primary == f'permission denied to create extension "{name}"'
                 assert "databricks_superuser" in (info.value.diag.message_hint or "")
             assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() is None

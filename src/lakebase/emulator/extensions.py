@@ -12,9 +12,11 @@ every copy of the cluster):
   ``databricks_superuser``, and otherwise fails with ``permission denied to create extension "..."``,
   as stock Postgres says to anyone else. So the project owner creates them; an app's service principal
   does not, even when granted CREATE on the database, unless it is granted ``databricks_superuser``.
-  Lakebase's docs say members of ``databricks_superuser`` install extensions; the extensions stock
+  Lakebase's docs list the extensions and install them with ``CREATE EXTENSION`` as the project's
+  administrative role (``databricks_superuser``, which the owner belongs to); they grant nothing more
+  to other roles, and stock Postgres lets no other non-superuser create these. The extensions stock
   Postgres itself marks trusted (pg_trgm, hstore, citext, ...) keep Postgres's rule (CREATE on the
-  database), which Lakebase runs unchanged as far as its docs say.
+  database): nothing in Lakebase's docs says it changes that.
 * **stand-ins** (in ``pg_extension/``, next to ``databricks_auth``): ``pgcrypto`` and ``uuid-ossp`` in SQL and
   PL/pgSQL, since the embedded Postgres is built without OpenSSL and a UUID library.
 * **missing**: extensions Lakebase offers that the emulator cannot provide (PostGIS and its family,
