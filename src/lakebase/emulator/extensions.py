@@ -32,6 +32,10 @@ from .files import write_private
 
 SUPERUSER_GROUP = "databricks_superuser"
 
+# Lakebase's list is its docs' "Postgres extensions" page (.../oltp/projects/extensions), with a column per
+# Postgres major; its rows up to ltree (with hll and the PostGIS extras at 3.6.4 on 18) were checked there,
+# the later ones (moddatetime ... vector, postgis) follow the issue that asked for them and Neon's list.
+
 # On Lakebase's list for Postgres 18, shipped by the embedded Postgres, superuser-only in stock Postgres.
 GATED = (
     "autoinc", "bloom", "earthdistance", "insert_username", "intagg", "moddatetime", "pg_prewarm",
