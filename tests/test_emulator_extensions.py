@@ -207,12 +207,13 @@ def test_random_bytes_and_uuid(crypto: psycopg.Connection[Any]) -> None:
     assert one(crypto, "SELECT gen_random_uuid()").version == 4
 
 
-BCRYPT = [  # (password, setting, hash): the bcrypt library's ($2b$) and Openwall's crypt_blowfish tests ($2a$)
-    ("", "$2b$04$abcdefghijklmnopqrstuu", "$2b$04$abcdefghijklmnopqrstuubyCG3zY1GIXMyxfivm.ClDiInHzxjiq"),
-    ("p\u00e4ssw\u00f6rd \u2603", "$2b$04$0123456789./ABCDEFGHIO",
-     "$2b$04$0123456789./ABCDEFGHIOW4/lF9tiB2qmonc73Ee/1SnDSpMXTLu"),
+BCRYPT = [  # (password, setting, hash): the bcrypt library's hashes, made $2b$ and shown with pgcrypto's $2a$
+    # (the same hash for passwords without 0xff bytes), and Openwall's crypt_blowfish test vector
+    ("", "$2a$04$abcdefghijklmnopqrstuu", "$2a$04$abcdefghijklmnopqrstuubyCG3zY1GIXMyxfivm.ClDiInHzxjiq"),
+    ("p\u00e4ssw\u00f6rd \u2603", "$2a$04$0123456789./ABCDEFGHIO",
+     "$2a$04$0123456789./ABCDEFGHIOW4/lF9tiB2qmonc73Ee/1SnDSpMXTLu"),
     # Only the first 72 bytes count: this is the hash of "x" * 72.
-    ("x" * 100, "$2b$04$zzzzzzzzzzzzzzzzzzzzzu", "$2b$04$zzzzzzzzzzzzzzzzzzzzzugCNRp6Z/OS/mcJwGjM4wiaD5RxpLHsK"),
+    ("x" * 100, "$2a$04$zzzzzzzzzzzzzzzzzzzzzu", "$2a$04$zzzzzzzzzzzzzzzzzzzzzugCNRp6Z/OS/mcJwGjM4wiaD5RxpLHsK"),
     # The setting may be a whole stored hash: how apps check a password.
     ("U*U", "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
      "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"),
@@ -230,6 +231,10 @@ def test_crypt_bcrypt_and_md5_known_hashes(crypto: psycopg.Connection[Any]) -> N
         assert one(crypto, "SELECT crypt(%s, %s)", (password, setting)) == want, (password, setting)
     assert one(crypto, "SELECT crypt(%s, %s)", MD5_CRYPT[0][::2]) == MD5_CRYPT[0][2]  # a stored md5 hash
     assert one(crypto, "SELECT crypt('wrong', %s)", (MD5_CRYPT[0][2],)) != MD5_CRYPT[0][2]
+    # pgcrypto knows no $2b$/$2y$ (it would return a DES hash that never matches): said, not imitated.
+    err = fails(crypto, "SELECT crypt('x', '$2b$04$abcdefghijklmnopqrstuubyCG3zY1GIXMyxfivm.ClDiInHzxjiq')")
+    assert isinstance(err, errors.FeatureNotSupported) and "does not take $2b$" in str(err)
+    assert "$2a$" in (err.diag.message_hint or "")
 
 
 def test_gen_salt_makes_salts_crypt_takes(crypto: psycopg.Connection[Any]) -> None:

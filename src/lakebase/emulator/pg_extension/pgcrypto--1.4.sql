@@ -1,7 +1,7 @@
 -- pgcrypto 1.4 for the lakebase emulator: a stand-in in SQL and PL/pgSQL, because the embedded Postgres is
 -- built without OpenSSL. Same names, signatures and results as PostgreSQL's pgcrypto for:
 --   digest (md5, sha1, sha224, sha256, sha384, sha512), hmac (the same), gen_random_bytes,
---   gen_random_uuid, crypt and gen_salt for bf (bcrypt, $2a$/$2b$/$2y$) and md5 ($1$), fips_mode.
+--   gen_random_uuid, crypt and gen_salt for bf (bcrypt, $2a$) and md5 ($1$), fips_mode.
 -- The others (crypt/gen_salt for des, xdes, sha256crypt, sha512crypt; encrypt/decrypt[_iv]; pgp_*; armor,
 -- dearmor, pgp_armor_headers) exist, so that schemas using them load, but raise an error naming the
 -- emulator's limit when called. Random bytes come from gen_random_uuid(), Postgres's strong random source.
@@ -316,12 +316,13 @@ DECLARE
     cost int;
     key bytea;
 BEGIN
-    IF $2 ~ '^\$2[aby]\$[0-9][0-9]\$[./A-Za-z0-9]{22}' THEN
+    IF $2 ~ '^\$2a\$[0-9][0-9]\$[./A-Za-z0-9]{22}' THEN
         cost := substr($2, 5, 2)::int;
         IF cost < 4 OR cost > 31 THEN
-            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'invalid salt';
+            RAISE EXCEPTION USING ERRCODE = '39000', MESSAGE = 'invalid salt';
         END IF;
-        -- The password's bytes and a NUL, at most 72 (the $2b$ and $2y$ rule, the same as $2a$ below 255).
+        -- The password's bytes and a NUL, at most 72. (crypt_blowfish's $2a$ safety tweak changes the
+        -- hash only for passwords with 0xff bytes, which no UTF-8 text has.)
         key := substr(pw || '\x00'::bytea, 1, 72);
         RETURN substr($2, 1, 7) || substr($2, 8, 22)
             || @extschema@.pgcrypto_emulator_bf64(@extschema@.pgcrypto_emulator_bcrypt(
@@ -332,8 +333,18 @@ BEGIN
         PERFORM @extschema@.pgcrypto_emulator_unavailable('crypt() with sha256crypt/sha512crypt');
     ELSIF $2 LIKE '$2x$%' THEN
         PERFORM @extschema@.pgcrypto_emulator_unavailable('crypt() with $2x$ (bcrypt''s 8-bit bug mode)');
+    ELSIF $2 LIKE '$2b$%' OR $2 LIKE '$2y$%' THEN
+        -- pgcrypto knows $2a$ and $2x$ only: it takes these for a traditional DES salt ("$2") and
+        -- returns a DES hash that never matches. The emulator has no DES; say what would happen.
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = format('pgcrypto''s crypt() does not take %s bcrypt hashes (the lakebase emulator '
+                             'cannot imitate what it does instead)', substr($2, 1, 4)),
+            DETAIL = 'pgcrypto reads a $2b$ or $2y$ setting as a DES salt: on Lakebase crypt() returns a '
+                     '13-character DES hash that never equals the stored bcrypt hash.',
+            HINT = 'Store bcrypt hashes as $2a$ (gen_salt(''bf'') makes those): for passwords without 0xff '
+                   'bytes a $2b$ or $2y$ hash with its prefix changed to $2a$ is the same hash.';
     ELSIF $2 LIKE '$%' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'invalid salt';
+        RAISE EXCEPTION USING ERRCODE = '39000', MESSAGE = 'invalid salt';
     ELSE
         PERFORM @extschema@.pgcrypto_emulator_unavailable('crypt() with des/xdes');
     END IF;
