@@ -12,11 +12,15 @@ every copy of the cluster):
   ``databricks_superuser``, and otherwise fails with ``permission denied to create extension "..."``,
   as stock Postgres says to anyone else. So the project owner creates them; an app's service principal
   does not, even when granted CREATE on the database, unless it is granted ``databricks_superuser``.
-  Lakebase's docs list the extensions and install them with ``CREATE EXTENSION`` as the project's
-  administrative role (``databricks_superuser``, which the owner belongs to); they grant nothing more
-  to other roles, and stock Postgres lets no other non-superuser create these. The extensions stock
+  Lakebase's docs list the extensions, installed with ``CREATE EXTENSION``, and make
+  ``databricks_superuser`` (the owner's role) the project's administrative role; they give other roles
+  nothing more, and stock Postgres lets no other non-superuser create these. The extensions stock
   Postgres itself marks trusted (pg_trgm, hstore, citext, ...) keep Postgres's rule (CREATE on the
   database): nothing in Lakebase's docs says it changes that.
+  The scripts run as the bootstrap superuser, as a trusted extension's do, but PostgreSQL has not
+  audited these for that (it does not mark them trusted): a ``databricks_superuser`` member who plants
+  objects in the target schema might make one act for them as superuser. The emulator accepts that:
+  those members administer the project anyway (on Lakebase too, short of superuser).
 * **stand-ins** (in ``pg_extension/``, next to ``databricks_auth``): ``pgcrypto`` and ``uuid-ossp`` in SQL and
   PL/pgSQL, since the embedded Postgres is built without OpenSSL and a UUID library.
 * **missing**: extensions Lakebase offers that the emulator cannot provide (PostGIS and its family,
@@ -33,8 +37,9 @@ from .files import write_private
 SUPERUSER_GROUP = "databricks_superuser"
 
 # Lakebase's list is its docs' "Postgres extensions" page (.../oltp/projects/extensions), with a column per
-# Postgres major; its rows up to ltree (with hll and the PostGIS extras at 3.6.4 on 18) were checked there,
-# the later ones (moddatetime ... vector, postgis) follow the issue that asked for them and Neon's list.
+# Postgres major; its rows up to ltree (the PostGIS extras at 3.6.4 on 18, hll at 2.19 on 16 and 17) were
+# checked there, the later ones (moddatetime ... vector, postgis) follow the issue that asked for them and
+# Neon's list.
 
 # On Lakebase's list for Postgres 18, shipped by the embedded Postgres, superuser-only in stock Postgres.
 GATED = (
