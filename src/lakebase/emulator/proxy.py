@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from . import wire
+from .native_login import password_matches
 from .runtime import TERMINATE_WAIT_MS, Runtime
 from .state import ACTIVE, IDLE, INIT, Endpoint
 from .tokens import DATABASE_AUDIENCE, InvalidToken
@@ -282,7 +283,41 @@ class Proxy:
                                hint="The emulator's log and postgres-replica.log in its data directory say why."
                                ) from None
 
-    async def _authenticate(self, role: str, token: str) -> None:
+    async def _authenticate(self, role: str, password: str) -> None:
+        """A valid database credential of the role's identity; failing that, when the project's native
+        login is on, the role's native Postgres password (``_native_login``)."""
+        try:
+            await self._authenticate_token(role, password)
+        except LoginRefused as refused:
+            if refused.code != "28P01":
+                raise
+            why_not = await self._native_login(role, password)
+            if why_not is not None:
+                refused.detail = f"{refused.detail} Native postgres login: {why_not}"
+                if self.rt.native.enabled:
+                    refused.reason = "native_login_failed"
+                raise
+            self.rt.stats.native_logins += 1
+
+    async def _native_login(self, role: str, password: str) -> str | None:
+        """None when ``password`` is the role's native password and the role may use it now; else why not
+        (for the error's detail; never the password)."""
+        if not self.rt.native.enabled:
+            return ("not attempted: it is off for this project. The project owner turns it on with "
+                    "w.postgres.update_project(..., spec.enable_pg_native_login=True).")
+        found = await self.rt.role_password(role)
+        if found is None or not found.can_login:
+            return f'role "{role}" may not log in.' if found else f'role "{role}" does not exist.'
+        if found.verifier is None or not found.verifier.startswith("SCRAM-SHA-256$"):
+            return (f'role "{role}" has no SCRAM-SHA-256 password. Create it through the roles API with '
+                    "auth_method PG_PASSWORD_SCRAM_SHA_256, or as the owner: CREATE ROLE ... LOGIN PASSWORD '...'.")
+        if found.expired:
+            return f'the password of role "{role}" expired at {found.valid_until} (VALID UNTIL).'
+        if not await asyncio.to_thread(password_matches, role, password, found.verifier):
+            return "the password is wrong."
+        return None
+
+    async def _authenticate_token(self, role: str, token: str) -> None:
         try:
             claims = self.rt.tokens.verify(token, DATABASE_AUDIENCE)
         except InvalidToken as exc:
