@@ -120,12 +120,13 @@ def test_api_role_logs_in_with_its_revealed_password(emulator: Emulator,
     # Wrong password: Lakebase's text, nothing more telling in the message.
     diag = refusal(emulator, role, password[::-1])
     assert diag.message == DECODE_FAILED.format(role=role)
-    assert diag.detail is not None and "password is wrong" in diag.detail
+    assert diag.detail is not None and "Native postgres login failed: a wrong password" in diag.detail
     # Native login switched off: the right password gets the very same message.
     assert native_login(False) is False
     diag = refusal(emulator, role, password)
     assert diag.message == DECODE_FAILED.format(role=role)
-    assert diag.detail is not None and "not attempted: it is off" in diag.detail
+    assert diag.detail is not None and "Native postgres login was not attempted: it is off" in diag.detail
+    assert "enable_pg_native_login=True" in diag.hint
 
     # The password is in no log the emulator or its Postgres writes.
     for log in ("emulator.log", "postgres.log"):
@@ -153,12 +154,17 @@ def test_sql_role_logs_in_with_its_password(emulator: Emulator, native_login: Ca
         owner.execute(f"ALTER ROLE {role} VALID UNTIL '2001-01-01'")
         diag = refusal(emulator, role, password)
         assert diag.message == DECODE_FAILED.format(role=role)
-        assert diag.detail is not None and "expired" in diag.detail
+        assert diag.detail is not None and "Native postgres login failed" in diag.detail
+        detail = diag.detail
         owner.execute(f"ALTER ROLE {role} VALID UNTIL 'infinity' NOLOGIN")
         diag = refusal(emulator, role, password)
         assert diag.message == DECODE_FAILED.format(role=role)
-        assert diag.detail is not None and "may not log in" in diag.detail
+        assert diag.detail is not None and "Native postgres login failed" in diag.detail
+        detail = diag.detail
         owner.execute(f"DROP ROLE {role}")
+    # Gone: the same answer, which tells a client without a credential nothing about which roles exist.
+    diag = refusal(emulator, role, password)
+    assert (diag.message, diag.detail) == (DECODE_FAILED.format(role=role), detail)
 
 
 def test_tokens_still_work_with_native_login_on(emulator: Emulator, native_login: Callable[[bool], bool],

@@ -285,36 +285,44 @@ class Proxy:
 
     async def _authenticate(self, role: str, password: str) -> None:
         """A valid database credential of the role's identity; failing that, when the project's native
-        login is on, the role's native Postgres password (``_native_login``)."""
+        login is on, the role's native Postgres password (``_native_login``). Refused either way with
+        Lakebase's one 28P01 text; the detail says only whether native login was off (it names the fix),
+        not why it failed (which roles exist or have passwords is nothing to tell an unauthenticated
+        client): that goes to the emulator's log."""
         try:
             await self._authenticate_token(role, password)
         except LoginRefused as refused:
             if refused.code != "28P01":
                 raise
+            if not self.rt.native.enabled:
+                refused.detail = (f"{refused.detail} Native postgres login was not attempted: it is off for this "
+                                  "project (spec.enable_pg_native_login).")
+                refused.hint = ("For a native password role, the project owner turns it on: "
+                                "w.postgres.update_project(..., spec.enable_pg_native_login=True).")
+                raise
             why_not = await self._native_login(role, password)
             if why_not is not None:
-                refused.detail = f"{refused.detail} Native postgres login: {why_not}"
-                if self.rt.native.enabled:
-                    refused.reason = "native_login_failed"
+                log.info("native postgres login of role %r refused: %s", role, why_not)
+                refused.reason = "native_login_failed"
+                refused.detail = (f"{refused.detail} Native postgres login failed: a wrong password, or a role "
+                                  "that may not log in or has no SCRAM-SHA-256 password or an expired one.")
                 raise
             self.rt.stats.native_logins += 1
 
     async def _native_login(self, role: str, password: str) -> str | None:
         """None when ``password`` is the role's native password and the role may use it now; else why not
-        (for the error's detail; never the password)."""
-        if not self.rt.native.enabled:
-            return ("not attempted: it is off for this project. The project owner turns it on with "
-                    "w.postgres.update_project(..., spec.enable_pg_native_login=True).")
+        (never the password)."""
         found = await self.rt.role_password(role)
-        if found is None or not found.can_login:
-            return f'role "{role}" may not log in.' if found else f'role "{role}" does not exist.'
+        if found is None:
+            return "no such role"
+        if not found.can_login:
+            return "the role may not log in (NOLOGIN)"
         if found.verifier is None or not found.verifier.startswith("SCRAM-SHA-256$"):
-            return (f'role "{role}" has no SCRAM-SHA-256 password. Create it through the roles API with '
-                    "auth_method PG_PASSWORD_SCRAM_SHA_256, or as the owner: CREATE ROLE ... LOGIN PASSWORD '...'.")
+            return "the role has no SCRAM-SHA-256 password"
         if found.expired:
-            return f'the password of role "{role}" expired at {found.valid_until} (VALID UNTIL).'
+            return f"its password expired at {found.valid_until} (VALID UNTIL)"
         if not await asyncio.to_thread(password_matches, role, password, found.verifier):
-            return "the password is wrong."
+            return "wrong password"
         return None
 
     async def _authenticate_token(self, role: str, token: str) -> None:
