@@ -126,7 +126,7 @@ def test_api_role_logs_in_with_its_revealed_password(emulator: Emulator,
     diag = refusal(emulator, role, password)
     assert diag.message == DECODE_FAILED.format(role=role)
     assert diag.detail is not None and "Native postgres login was not attempted: it is off" in diag.detail
-    assert "enable_pg_native_login=True" in diag.hint
+    assert "enable_pg_native_login=True" in diag.detail
 
     # The password is in no log the emulator or its Postgres writes.
     for log in ("emulator.log", "postgres.log"):
@@ -210,3 +210,22 @@ def test_only_the_owner_reveals_passwords_and_flips_the_switch(emulator: Emulato
         app.postgres.reveal_role_password(resource)
     status = app.postgres.get_project(project_name(emulator)).status
     assert status is not None and not status.enable_pg_native_login
+
+
+def test_doctor_names_a_native_password_role(emulator: Emulator, native_login: Callable[[bool], bool],
+                                            user_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """PGUSER a native password role and PGPASSWORD its password (as for a BI tool): lakebase cannot log in
+    as it (tokens only), and the doctor says so instead of blaming the token."""
+    from lakebase import doctor
+
+    role, resource = api_password_role(emulator)
+    native_login(True)
+    password = pat_client(emulator).postgres.reveal_role_password(resource).password
+    assert password
+    monkeypatch.setenv("PGUSER", role)
+    monkeypatch.setenv("PGPASSWORD", password)
+    results = {c.name: c for c in doctor.run(timeout=2)}
+    login = results["login"]
+    assert login.status == "fail" and f"{role} is a native Postgres password role" in login.summary, login
+    assert login.fix and f"PGUSER={emulator.owner.name}" in login.fix
+    assert password not in str(results)

@@ -296,9 +296,8 @@ class Proxy:
                 raise
             if not self.rt.native.enabled:
                 refused.detail = (f"{refused.detail} Native postgres login was not attempted: it is off for this "
-                                  "project (spec.enable_pg_native_login).")
-                refused.hint = ("For a native password role, the project owner turns it on: "
-                                "w.postgres.update_project(..., spec.enable_pg_native_login=True).")
+                                  "project (the owner turns it on with w.postgres.update_project, "
+                                  "spec.enable_pg_native_login=True).")
                 raise
             why_not = await self._native_login(role, password)
             if why_not is not None:
