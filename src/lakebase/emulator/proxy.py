@@ -3,13 +3,15 @@
 Per client connection: TLS is required (``SSLRequest`` then the handshake; a plain startup is refused
 with the message Lakebase gives); the endpoint is chosen by TLS SNI or ``options=endpoint=<id>``; the
 password must be a valid, unexpired database credential of the identity whose name is the role, and
-the role must be registered for OAuth (``databricks_create_role``); failing that, with the project's
-native login on, it may be the role's native Postgres password (``native_login.py``). A suspended endpoint is woken, a
+the role must be registered for OAuth (``databricks_create_role``). A suspended endpoint is woken, a
 restart is waited out. Then the proxy logs in to the backend over its Unix socket (the primary, or
 for a read-only endpoint its hot standby, ``replica.py``) and, from the
 first ReadyForQuery on, forwards bytes both ways untouched (extended protocol, COPY, LISTEN/NOTIFY,
 pipelining all just work). The client sees the backend's real pid with a proxy-made secret key, so
 cancel requests are checked here and forwarded with the backend's key.
+
+A password that is no valid token may be the role's native Postgres password, when the project's
+native login is on (``_native_login``, ``native_login.py``).
 
 Sessions are ended with ``pg_terminate_backend`` (the client sees Postgres's own FATAL 57P01) for the
 restart and suspend faults, the idle timeout and the maximum connection lifetime.
