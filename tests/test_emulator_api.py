@@ -593,10 +593,11 @@ def test_role_creation_rules(emu: Emu) -> None:
         create(RoleRoleSpec(postgres_role="nobody@example.com", identity_type=RoleIdentityType.USER))
     with pytest.raises(BadRequest, match="is a USER, not a SERVICE_PRINCIPAL"):
         create(RoleRoleSpec(postgres_role=emu.owner.name, identity_type=RoleIdentityType.SERVICE_PRINCIPAL))
-    with pytest.raises(BadRequest, match="not emulated"):
-        create(RoleRoleSpec(postgres_role="plain_pw", auth_method=RoleAuthMethod.PG_PASSWORD_SCRAM_SHA_256))
-    with pytest.raises(BadRequest, match="not emulated"):
-        create(RoleRoleSpec(postgres_role="plain_pw"))
+    with pytest.raises(BadRequest, match="is for roles without a Databricks identity"):
+        create(RoleRoleSpec(postgres_role=emu.owner.name, identity_type=RoleIdentityType.USER,
+                            auth_method=RoleAuthMethod.PG_PASSWORD_SCRAM_SHA_256))
+    with pytest.raises(BadRequest, match='role name "pg_pw" is reserved'):
+        create(RoleRoleSpec(postgres_role="pg_pw"))  # a plain role is a password role by default
     with pytest.raises(BadRequest, match="postgres_role is required"):
         create(RoleRoleSpec(identity_type=RoleIdentityType.USER))
     with pytest.raises(BadRequest, match="role_id"):

@@ -574,6 +574,11 @@ def _login_failure(exc: Any, ctx: _Context) -> tuple[str, str]:
         return (f"database {s.database!r} does not exist",
                 f"check PGDATABASE (default databricks_postgres){listed}")
     if diagnosis.TOKEN_REFUSED in means:
+        if _native_password_works(ctx):
+            return (f"{user} is a native Postgres password role: PGPASSWORD logs in as {user}, for psql and "
+                    "other tools, but lakebase connects with OAuth tokens only, which such a role does not take",
+                    f"to check lakebase's own connections, set PGUSER={ctx.identity or '<your identity>'} (or unset "
+                    "it): tokens are minted for that identity")
         if mismatch:
             fix = f"set PGUSER={ctx.identity}: tokens are minted for that identity, not for {s.user}"
         else:
@@ -655,6 +660,26 @@ def _databases(ctx: _Context) -> list[str]:
     except Exception:
         return []
     return [str(row[0]) for row in rows]
+
+
+def _native_password_works(ctx: _Context) -> bool:
+    """Whether PGPASSWORD, when it is neither a token nor a PAT, logs in as PGUSER: a native Postgres
+    password (for tools that cannot rotate tokens), which lakebase's connections do not use."""
+    import psycopg
+
+    from .endpoints import hostaddr_for
+    from .psycopg import libpq_params
+
+    password = os.environ.get("PGPASSWORD", "").strip()
+    if not password or password.startswith(_PAT_PREFIXES) or password.count(".") == 2 or not ctx.settings.user:
+        return False
+    target = ctx.connector.target()
+    try:
+        psycopg.connect(**libpq_params(target, hostaddr_for(target.host, target.port)), password=password,
+                        connect_timeout=max(2, int(ctx.timeout))).close()
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _pgpassword_refused(ctx: _Context) -> str | None:

@@ -78,6 +78,7 @@ class Stats:
     credentials_issued: int = 0
     credential_requests_rejected: int = 0
     logins_succeeded: int = 0
+    native_logins: int = 0  # of logins_succeeded: with a native Postgres password, not a token
     logins_failed: int = 0
     active_sessions: int = 0
     sessions_terminated: int = 0

@@ -10,6 +10,9 @@ first ReadyForQuery on, forwards bytes both ways untouched (extended protocol, C
 pipelining all just work). The client sees the backend's real pid with a proxy-made secret key, so
 cancel requests are checked here and forwarded with the backend's key.
 
+A password that is no valid token may be the role's native Postgres password, when the project's
+native login is on (``_native_login``, ``native_login.py``).
+
 Sessions are ended with ``pg_terminate_backend`` (the client sees Postgres's own FATAL 57P01) for the
 restart and suspend faults, the idle timeout and the maximum connection lifetime.
 """
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from . import wire
+from .native_login import password_matches
 from .runtime import TERMINATE_WAIT_MS, Runtime
 from .state import ACTIVE, IDLE, INIT, Endpoint
 from .tokens import DATABASE_AUDIENCE, InvalidToken
@@ -282,7 +286,48 @@ class Proxy:
                                hint="The emulator's log and postgres-replica.log in its data directory say why."
                                ) from None
 
-    async def _authenticate(self, role: str, token: str) -> None:
+    async def _authenticate(self, role: str, password: str) -> None:
+        """A valid database credential of the role's identity; failing that, when the project's native
+        login is on, the role's native Postgres password (``_native_login``). Refused either way with
+        Lakebase's one 28P01 text; the detail says only whether native login was off (it names the fix),
+        not why it failed (which roles exist or have passwords is nothing to tell an unauthenticated
+        client): that goes to the emulator's log."""
+        try:
+            await self._authenticate_token(role, password)
+        except LoginRefused as refused:
+            if refused.code != "28P01":
+                raise
+            if not self.rt.native.enabled:
+                refused.detail = (f"{refused.detail} Native postgres login was not attempted: it is off for this "
+                                  "project (the owner turns it on with w.postgres.update_project, "
+                                  "spec.enable_pg_native_login=True).")
+                raise
+            why_not = await self._native_login(role, password)
+            if why_not is not None:
+                log.info("native postgres login of role %r refused: %s", role, why_not)
+                refused.reason = "native_login_failed"
+                refused.detail = (f"{refused.detail} Native postgres login failed: a wrong password, or a role "
+                                  "that may not log in or has no SCRAM-SHA-256 password or an expired one.")
+                raise
+            self.rt.stats.native_logins += 1
+
+    async def _native_login(self, role: str, password: str) -> str | None:
+        """None when ``password`` is the role's native password and the role may use it now; else why not
+        (never the password)."""
+        found = await self.rt.role_password(role)
+        if found is None:
+            return "no such role"
+        if not found.can_login:
+            return "the role may not log in (NOLOGIN)"
+        if found.verifier is None or not found.verifier.startswith("SCRAM-SHA-256$"):
+            return "the role has no SCRAM-SHA-256 password"
+        if found.expired:
+            return f"its password expired at {found.valid_until} (VALID UNTIL)"
+        if not await asyncio.to_thread(password_matches, role, password, found.verifier):
+            return "wrong password"
+        return None
+
+    async def _authenticate_token(self, role: str, token: str) -> None:
         try:
             claims = self.rt.tokens.verify(token, DATABASE_AUDIENCE)
         except InvalidToken as exc:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from .extensions import SUPERUSER_GROUP
 from .faults import ApiHang, ConfigError, CredentialOutage, EmulatorConfig, Stats
+from .native_login import NativeLogin, RolePassword, make_verifier, new_password
 from .postgres import SUPERUSER, PostgresServer
 from .replica import DROP_SLOT_SQL, SLOT, Replica
 from .state import DEFAULT_DATABASE, IDLE, READ_ONLY, Endpoint, Identity, Workspace
@@ -64,6 +65,7 @@ class Runtime:
         self.outage = CredentialOutage()
         self.api_hang = ApiHang()
         self.workspace = Workspace.load_or_create(data_dir / "workspace.json")
+        self.native = NativeLogin.load(data_dir / "native-login.json")
         self.api_url = ""  # set once the API listens
         self.pg_port = 0  # the proxy's port
         self.tokens = TokenAuthority(
@@ -265,6 +267,7 @@ class Runtime:
                           createrole: bool = False, bypassrls: bool = False,
                           superuser_member: bool = False, auth_method: str = "LAKEBASE_OAUTH_V1") -> RoleInfo:
         """What the roles API does; raises ValueError with a user-facing message on bad input."""
+        import psycopg
         from psycopg import sql
 
         if await self.role_info(identity, cached=False):
@@ -273,7 +276,15 @@ class Runtime:
         attrs += ["CREATEDB" if createdb else "NOCREATEDB", "CREATEROLE" if createrole else "NOCREATEROLE"]
         attrs += ["BYPASSRLS"] if bypassrls else []
         create = sql.SQL("CREATE ROLE {} " + " ".join(attrs)).format(sql.Identifier(identity))
-        await self.admin_query(create.as_string())
+        password = new_password() if auth_method == "PG_PASSWORD_SCRAM_SHA_256" else None
+        if password is not None:  # only the verifier reaches Postgres (and could reach its log)
+            create = sql.SQL("{} PASSWORD {}").format(create, sql.Literal(make_verifier(password)))
+        try:
+            await self.admin_query(create.as_string())
+        except psycopg.Error as exc:  # a reserved name (pg_...) and the like; the statement is not shown
+            raise ValueError(f"Postgres refused to create role {identity!r}: {exc.diag.message_primary}") from None
+        if password is not None:
+            self.native.remember(identity, password)
         if auth_method == "LAKEBASE_OAUTH_V1":
             await self.admin_query(
                 sql.SQL("ALTER ROLE {} SET databricks_auth.identity_type = {}").format(
@@ -286,6 +297,16 @@ class Runtime:
         info = await self.role_info(identity, cached=False)
         assert info is not None
         return info
+
+    async def role_password(self, role: str) -> RolePassword | None:
+        """The role's login flag, password verifier and VALID UNTIL, from ``pg_authid`` (None: no such role)."""
+        rows = await self.admin_query(
+            "SELECT rolcanlogin, rolpassword, rolvaliduntil::text, rolvaliduntil <= now() FROM pg_authid "
+            "WHERE rolname = %s", (role,))  # as text: VALID UNTIL 'infinity' is no Python datetime
+        if not rows:
+            return None
+        can_login, verifier, valid_until, expired = rows[0]
+        return RolePassword(bool(can_login), verifier, valid_until, bool(expired))
 
     # ---- sessions -------------------------------------------------------------------------------
     async def terminate_backends(self, server: PostgresServer, pids: list[int]) -> None:

@@ -8,7 +8,8 @@ faults, errors):
   ``/api/2.0/preview/scim/v2/Me`` (``w.current_user.me()``).
 - ``postgres``: ``/api/2.0/postgres/...``, Lakebase Autoscaling: credentials, projects, branches,
   endpoints, roles, databases and long-running operations (create/update/delete read-only endpoints,
-  update the primary, create roles). Reads and credentials are open to every workspace identity; any
+  update the primary, create roles, the project's native login switch, reveal a role's password).
+  Reads and credentials are open to every workspace identity; any
   other change needs the project owner's CAN_MANAGE (``auth``: ``requires`` / ``authorize``), else 403
   PERMISSION_DENIED.
 - ``database``: ``/api/2.0/database/...``, Lakebase Provisioned: credentials and the one emulated instance.

@@ -3,6 +3,7 @@ endpoints, roles, databases and long-running operations."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -15,6 +16,7 @@ from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ..native_login import password_matches
 from ..runtime import SUPERUSER_GROUP, RoleAttributes, RoleInfo, Runtime
 from ..state import CAN_MANAGE, CAN_USE, DEFAULT_BRANCH, READ_ONLY, READ_WRITE, Endpoint
 from ..tokens import rfc3339
@@ -115,14 +117,15 @@ def project_json(rt: Runtime) -> dict[str, Any]:
         "uid": ws.project_uid,
         "create_time": rfc3339(ws.create_time),
         "update_time": rfc3339(ws.create_time),
-        "spec": {"display_name": ws.project_id, "pg_version": version},
+        "spec": {"display_name": ws.project_id, "pg_version": version,
+                 "enable_pg_native_login": rt.native.enabled},
         "status": {
             "project_id": ws.project_id,
             "display_name": ws.project_id,
             "pg_version": version,
             "owner": ws.owner.name,
             "default_branch": branch_name(rt),
-            "enable_pg_native_login": False,
+            "enable_pg_native_login": rt.native.enabled,
             "default_endpoint_settings": defaults,
             "compute_last_active_time": rfc3339(last_active),
         },
@@ -373,6 +376,37 @@ async def get_project(request: web.Request) -> web.Response:
     return web.json_response(project_json(rt))
 
 
+UPDATABLE_PROJECT_FIELDS = ("spec.enable_pg_native_login",)
+
+
+@routes.patch(PG + "/projects/{project}")
+@requires(CAN_MANAGE, "update the project")
+async def update_project(request: web.Request) -> web.Response:
+    """``w.postgres.update_project``: the native login switch (``spec.enable_pg_native_login``); masked
+    but absent from the body, it goes back to its default, off."""
+    rt = runtime(request)
+    check_project(rt, request.match_info["project"])
+    paths = update_mask(request, UPDATABLE_PROJECT_FIELDS)
+    spec = field(await read_json(request), "spec", dict) or {}
+    if "spec.enable_pg_native_login" in paths:
+        enabled = bool(field(spec, "enable_pg_native_login", bool, label="spec.enable_pg_native_login"))
+        rt.native.set_enabled(enabled)
+        log.info("native postgres login %s for %s", "enabled" if enabled else "disabled", project_name(rt))
+    operation = request.app[OPERATIONS].start(project_name(rt), project_json(rt))
+    return web.json_response(operation)
+
+
+@routes.get(PG + "/projects/{project}/operations/{operation}")
+async def get_project_operation(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    check_project(rt, request.match_info["project"])
+    name = f"{project_name(rt)}/operations/{request.match_info['operation']}"
+    operation = request.app[OPERATIONS].get(name)
+    if operation is None:
+        raise not_found(f"operation '{name}' does not exist")
+    return web.json_response(operation)
+
+
 @routes.get(PG + "/projects/{project}/branches")
 async def list_branches(request: web.Request) -> web.Response:
     rt = runtime(request)
@@ -572,10 +606,10 @@ def role_spec(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
     if auth_method not in (OAUTH, PASSWORD, NO_LOGIN):
         raise bad_request(f"spec.auth_method must be one of {OAUTH}, {PASSWORD}, {NO_LOGIN}, "
                           f"got {shown(auth_method)}")
-    if auth_method == PASSWORD:
-        raise bad_request(f"native Postgres password roles ({PASSWORD}) are not emulated: create an "
-                          "OAuth role for a workspace identity (spec.identity_type USER, SERVICE_PRINCIPAL "
-                          f"or GROUP) or a {NO_LOGIN} role")
+    if auth_method == PASSWORD and identity_type is not None:
+        raise bad_request(f"auth_method {PASSWORD} is for roles without a Databricks identity (the Lakebase "
+                          f"emulator does not give one a native password): leave out spec.identity_type, or "
+                          f"use {OAUTH} for {shown(postgres_role)}")
     if auth_method == OAUTH and identity_type is None:
         raise bad_request(f"auth_method {OAUTH} needs spec.identity_type (USER, SERVICE_PRINCIPAL or GROUP)")
     if identity_type is not None:
@@ -631,6 +665,36 @@ async def create_role(request: web.Request) -> web.Response:
     log.info("created role %s", row.role_id)
     operation = request.app[OPERATIONS].start(branch_name(rt, branch), role_json(rt, row))
     return web.json_response(operation)
+
+
+@routes.post(BRANCH + "/roles/{role}/password")
+@requires(CAN_MANAGE, "reveal a role's password")
+async def reveal_role_password(request: web.Request) -> web.Response:
+    """``w.postgres.reveal_role_password``: the password the roles API made for a
+    PG_PASSWORD_SCRAM_SHA_256 role, while the project's native login is on."""
+    rt = runtime(request)
+    branch = check_branch(rt, request)
+    role_id = request.match_info["role"]
+    name = f"{branch_name(rt, branch)}/roles/{role_id}"
+    row = next((r for r in await role_rows(rt) if r.role_id == role_id), None)
+    if row is None:
+        raise not_found(f"role '{name}' does not exist")
+    if row.auth_method != PASSWORD:
+        raise bad_request(f"role '{name}' uses {row.auth_method}, so it has no password to reveal; only "
+                          f"{PASSWORD} roles have one")
+    if not rt.native.enabled:
+        raise ApiError(400, "INVALID_STATE", f"native postgres login is off for project '{project_name(rt)}': "
+                       "turn it on first (w.postgres.update_project with spec.enable_pg_native_login=True "
+                       "and update_mask spec.enable_pg_native_login)")
+    password = rt.native.passwords.get(row.info.name)
+    found = await rt.role_password(row.info.name)
+    if password is None or found is None or found.verifier is None \
+            or not await asyncio.to_thread(password_matches, row.info.name, password, found.verifier):
+        raise ApiError(400, "INVALID_STATE", f"role '{name}' has no password the API made, or its password "
+                       "was set in SQL since (CREATE ROLE / ALTER ROLE ... PASSWORD): the one set in SQL is the "
+                       "password; the API cannot reveal it")
+    log.info("revealed the password of role %s", role_id)
+    return web.json_response({"password": password})
 
 
 @routes.get(BRANCH + "/databases")
