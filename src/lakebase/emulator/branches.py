@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,6 +89,7 @@ class BranchClusters:
         owner = server._owner()
         if owner is not None:
             os.chown(pgdata, *owner)
+        started = time.monotonic()
         try:
             with server._server_paths() as (data, _, fds):  # no permission on the parents needed
                 cmd = [
@@ -105,7 +107,8 @@ class BranchClusters:
             self._forget(branch_id)
             raise PostgresError(f"pg_basebackup into {pgdata} failed:\n{result.stderr.strip()}")
         lsn = _backup_start_lsn(pgdata)
-        log.info("made branch %s in %s (a copy at LSN %s)", branch_id, pgdata, lsn)
+        log.info("made branch %s in %s, a copy from LSN %s, in %.3f s", branch_id, pgdata, lsn,
+                 time.monotonic() - started)
         return lsn
 
     def _forget(self, branch_id: str) -> None:

@@ -118,6 +118,19 @@ def _sni_hostname(ssl_object: Any) -> str | None:
     return getattr(ssl_object, SNI_ATTRIBUTE, None)
 
 
+def _told(session: Session) -> bool:
+    """The session's backend is gone and its client has been sent all of it (the FATAL) and the close.
+
+    A TLS client that does not read (an idle connection in a pool) never answers the close_notify, so
+    its transport stays open until asyncio's TLS shutdown timeout; what was queued for it is out once
+    the transport is closing with nothing left to write."""
+    if all(p.lost for p in session.pipes):
+        return True
+    client, _ = session.transports
+    to_client = session.pipes[1]  # the backend transport's protocol
+    return to_client.lost and client.is_closing() and client.get_write_buffer_size() == 0
+
+
 class Proxy:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -446,7 +459,7 @@ class Proxy:
         # The backends are gone; wait until the proxy has passed their FATAL and the close on to the clients
         # (both transports of each session closed).
         deadline = time.monotonic() + TERMINATE_WAIT_MS / 1000
-        while any(not all(p.lost for p in s.pipes) for s in ended) and time.monotonic() < deadline:
+        while any(not _told(s) for s in ended) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         return len(ended)
 
