@@ -8,6 +8,11 @@ branches and deletes what it makes.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import stat
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,6 +38,7 @@ from databricks.sdk.service.postgres import (
     EndpointType,
 )
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lakebase.emulator import EmulatorProcess
@@ -209,6 +215,33 @@ def test_only_the_owner_creates_and_deletes(emulator: Emu, branch: Any) -> None:
     assert app.postgres.get_branch(branch.name).name == branch.name  # reading needs CAN_USE only
 
 
+def test_protected_branch_and_branch_of_a_branch(emulator: Emu, branch: Any) -> None:
+    """A protected branch cannot be deleted until update_branch clears it; a branch of a branch copies
+    the branch (not production)."""
+    emu, w = emulator, pat_client(emulator)
+    endpoint = f"{branch.name}/endpoints/primary"
+    host = w.postgres.get_endpoint(endpoint).status.hosts.host
+    with connect(emu, host, emu.owner.name, token(w, endpoint), autocommit=True) as conn:
+        conn.execute("CREATE TABLE from_the_parent_branch (x int)")
+    child = new_branch(w, emu, BranchSpec(no_expiry=True, is_protected=True, source_branch=branch.name))
+    assert child.status.is_protected is True and child.status.source_branch == branch.name
+    try:
+        child_endpoint = f"{child.name}/endpoints/primary"
+        child_host = w.postgres.get_endpoint(child_endpoint).status.hosts.host
+        with connect(emu, child_host, emu.owner.name, token(w, child_endpoint)) as conn:
+            assert conn.execute("SELECT to_regclass('from_the_parent_branch') IS NOT NULL").fetchone() == (True,)
+        with pytest.raises(BadRequest, match="protected"):
+            w.postgres.delete_branch(child.name)
+        with pytest.raises(BadRequest, match="cannot expire"):
+            w.postgres.update_branch(child.name, Branch(spec=BranchSpec(ttl=ttl(60))),
+                                     FieldMask(paths=["spec.expiration"]))
+        updated = w.postgres.update_branch(child.name, Branch(spec=BranchSpec(is_protected=False)),
+                                           FieldMask(paths=["spec.is_protected"])).wait()
+        assert updated.status.is_protected is False
+    finally:
+        w.postgres.delete_branch(child.name).wait()
+
+
 def test_errors(emulator: Emu, branch: Any) -> None:
     emu, w = emulator, pat_client(emulator)
     p = project(emu)
@@ -249,3 +282,66 @@ def test_errors(emulator: Emu, branch: Any) -> None:
         w.postgres.create_endpoint(parent=branch.name, endpoint_id="second", endpoint=Endpoint(
             spec=EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_WRITE)))
     assert [b.name for b in w.postgres.list_branches(parent=p) if b.branch_id.startswith("x-")] == []
+
+
+def branch_postgres_pids(pgdata: Path) -> list[int]:
+    """Every process (postmaster and children) working in the branch's data directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == str(pgdata) and b"postgres" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def runtime_dirs_of(pid: int) -> list[Path]:
+    from lakebase.emulator.postgres import OWNER_FILE, RUNTIME_PREFIX
+
+    found = []
+    for candidate in Path(tempfile.gettempdir()).glob(RUNTIME_PREFIX + "*"):
+        with contextlib.suppress(OSError, ValueError):
+            if int((candidate / OWNER_FILE).read_text()) == pid:
+                found.append(candidate)
+    return found
+
+
+@pytest.mark.slow
+def test_branches_survive_restarts_and_leave_no_process(tmp_path: Path) -> None:
+    """A branch's cluster dies with its emulator, even a killed one; the next start sweeps what the
+    killed one left (its runtime directories, a copy it never finished) and the branch, persisted,
+    serves its data again; a clean stop leaves no process either. Its files are private."""
+    emu = EmulatorProcess(tmp_path / "emu").start()
+    try:
+        w = pat_client(emu)
+        made = new_branch(w, emu)
+        endpoint = f"{made.name}/endpoints/primary"
+        host = w.postgres.get_endpoint(endpoint).status.hosts.host
+        with connect(emu, host, emu.owner.name, token(w, endpoint), autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept AS SELECT 'on the branch' AS v")
+        pgdata = branch_dir(emu, made.branch_id) / "pgdata"
+        assert stat.S_IMODE(os.stat(branch_dir(emu, made.branch_id)).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(pgdata).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(emu.data_dir / "branches").st_mode) == 0o700
+        pids = branch_postgres_pids(pgdata)
+        runtime_dirs = runtime_dirs_of(emu.pid or 0)
+        assert pids and len(runtime_dirs) == 2  # the primary's and the branch's
+        (emu.data_dir / "branches" / "unfinished").mkdir()
+        os.kill(emu.pid or 0, signal.SIGKILL)
+        emu.stop()
+        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=15,
+                 what="the branch's postgres ended with its killed emulator")
+        emu.start()
+        w = pat_client(emu)
+        assert made.name in [b.name for b in w.postgres.list_branches(parent=project(emu))]
+        with connect(emu, host, emu.owner.name, token(w, endpoint)) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [("on the branch",)]
+        assert not (emu.data_dir / "branches" / "unfinished").exists()
+        assert not any(d.exists() for d in runtime_dirs)
+        pids = branch_postgres_pids(pgdata)
+        assert pids
+    finally:
+        emu.stop()
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()]

@@ -134,10 +134,10 @@ class BranchClusters:
                 del self._starting[branch_id]
 
     def _start(self, branch_id: str) -> PostgresServer:
+        if not (self.pgdata(branch_id) / "PG_VERSION").exists():  # deleted meanwhile
+            raise PostgresError(f"branch {branch_id} has no data directory in {self.pgdata(branch_id)}")
         server = self._server(branch_id)
         if not server.running():
-            if not server.initialized():
-                raise PostgresError(f"branch {branch_id} has no data directory in {server.pgdata}")
             server.start()
             log.info("started branch %s", branch_id)
         return server
@@ -155,6 +155,16 @@ class BranchClusters:
     async def remove(self, branch_id: str) -> None:
         """Stop the branch's server and free its storage."""
         await self._run(self._forget, branch_id)
+
+    def sweep(self, branch_ids: set[str]) -> None:
+        """At start: remove what is not one of ``branch_ids`` (a copy an emulator was killed during, or
+        a branch deleted while its files were in use)."""
+        if not self.root.is_dir():
+            return
+        for directory in self.root.iterdir():
+            if directory.name not in branch_ids:
+                log.info("removing %s: no branch %s exists", directory, directory.name)
+                shutil.rmtree(directory, ignore_errors=True)
 
     def write_identities(self, identities: str) -> None:
         """The workspace's identities changed: every branch's databricks_create_role sees them too."""

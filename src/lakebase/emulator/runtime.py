@@ -100,6 +100,7 @@ class Runtime:
         self.replica_pgdata = data_dir / "pgdata-replica"
         # The clusters of the other branches (branches.py), started when their endpoints get a login.
         self.branches = BranchClusters(data_dir / "branches", self.pg)
+        self.branches.sweep(set(self.workspace.branches))
         self.proxy: SessionControl | None = None  # the proxy, set by Emulator once it listens
         self._admin: Any = None
         self._role_cache: dict[tuple[str, str], tuple[float, RoleInfo]] = {}  # by (branch, role)

@@ -530,6 +530,36 @@ async def create_branch(request: web.Request) -> web.Response:
     return web.json_response(operation)
 
 
+UPDATABLE_BRANCH_FIELDS = ("spec.is_protected", "spec.expiration", "spec.ttl", "spec.expire_time", "spec.no_expiry")
+
+
+@routes.patch(BRANCH)
+@requires(CAN_MANAGE, "update a branch")
+async def update_branch(request: web.Request) -> web.Response:
+    """``w.postgres.update_branch``: protection and expiration (``spec.expiration``, or one of its
+    fields, in ``update_mask``: then exactly one of ttl, expire_time and no_expiry in the body)."""
+    rt = runtime(request)
+    branch_id = check_branch(rt, request)
+    if branch_id == DEFAULT_BRANCH:
+        raise ApiError(501, "NOT_IMPLEMENTED", f"the Lakebase emulator does not update the default branch "
+                       f"'{branch_name(rt)}'")
+    branch = rt.workspace.branches[branch_id]
+    paths = update_mask(request, UPDATABLE_BRANCH_FIELDS)
+    spec = field(await read_json(request), "spec", dict) or {}
+    protected, expire_time = branch.is_protected, branch.expire_time
+    if "spec.is_protected" in paths:
+        protected = bool(field(spec, "is_protected", bool, label="spec.is_protected"))
+    if paths - {"spec.is_protected"}:
+        expire_time = branch_expiry(spec, time.time())
+    if protected and expire_time is not None:
+        raise bad_request("a protected branch (spec.is_protected) cannot expire: set spec.no_expiry instead of "
+                          "spec.ttl or spec.expire_time")
+    branch.is_protected, branch.expire_time = protected, expire_time
+    rt.workspace.save()
+    log.info("updated branch %s: %s", branch.name, ", ".join(sorted(paths)))
+    return web.json_response(request.app[OPERATIONS].start(project_name(rt), branch_json(rt, branch)))
+
+
 @routes.delete(BRANCH)
 @requires(CAN_MANAGE, "delete a branch")
 async def delete_branch(request: web.Request) -> web.Response:
