@@ -165,6 +165,28 @@ def test_zero_argument_connect_to_a_branch(emulator: Emu, branch: Any, user_env:
         assert conn.execute("SELECT to_regclass('zero_arg')").fetchone() == (None,)
 
 
+def test_suspend_and_restart_faults_on_a_branch_endpoint(emulator: Emu, branch: Any) -> None:
+    """Suspending a branch's endpoint ends its sessions only; the next login wakes it; a restart ends
+    the branch's sessions too."""
+    emu, w = emulator, pat_client(emulator)
+    endpoint = f"{branch.name}/endpoints/primary"
+    host = w.postgres.get_endpoint(endpoint).status.hosts.host
+    password = token(w, endpoint)
+    with owner_connect(emu, autocommit=True) as on_production, \
+            connect(emu, host, emu.owner.name, password, autocommit=True) as on_branch:
+        assert emu.suspend(endpoint) == 1
+        assert emu.endpoint_state(endpoint) == "IDLE" and emu.endpoint_state() == "ACTIVE"
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            on_branch.execute("SELECT 1")
+        assert on_production.execute("SELECT 1").fetchone() == (1,)
+    with connect(emu, host, emu.owner.name, password, autocommit=True) as on_branch:
+        assert emu.endpoint_state(endpoint) == "ACTIVE"
+        emu.configure(restart_seconds=0)
+        assert emu.restart() >= 1
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            on_branch.execute("SELECT 1")
+
+
 def test_delete_ends_sessions_and_frees_storage(emulator: Emu, app_role: str) -> None:
     emu, w = emulator, pat_client(emulator)
     made = new_branch(w, emu)
