@@ -671,8 +671,9 @@ def test_only_the_project_owner_changes_the_project(emu: Emu) -> None:
             ("POST", lambda w: w.postgres.create_database(parent=branch(emu), database=Database(
                 spec=DatabaseDatabaseSpec(postgres_database="rogue", role=emu.owner.name)))),
             ("DELETE", lambda w: w.postgres.delete_role(f"{branch(emu)}/roles/{api.role_id_for(emu.owner.name)}")),
-            ("POST", lambda w: w.postgres.create_branch(parent=project(emu), branch_id="rogue",
+            ("create a branch", lambda w: w.postgres.create_branch(parent=project(emu), branch_id="rogue",
                                                         branch=Branch(spec=BranchSpec(no_expiry=True)))),
+            ("delete a branch", lambda w: w.postgres.delete_branch(f"{project(emu)}/branches/production")),
             ("DELETE", lambda w: w.postgres.delete_project(project(emu))),
             ("POST", lambda w: w.database.create_database_instance(DatabaseInstance(name="rogue"))),
             ("DELETE", lambda w: w.database.delete_database_instance(INSTANCE_NAME)),
@@ -684,6 +685,7 @@ def test_only_the_project_owner_changes_the_project(emu: Emu) -> None:
                     change(client)
         # Nothing changed.
         assert endpoint_names(emu) == endpoints and role_names(emu) == roles
+        assert "rogue" not in [b.branch_id for b in owner.postgres.list_branches(parent=project(emu))]
         assert suspension_of(owner.postgres.get_endpoint(replica_name)) == (None, None)
         assert owner.database.get_database_instance(INSTANCE_NAME).state is not None
 
@@ -963,7 +965,7 @@ async def test_a_failing_handler_answers_500_without_details(
         failing_api: tuple[TestClient[Any, Any], SimpleNamespace], caplog: pytest.LogCaptureFixture) -> None:
     client, rt = failing_api
 
-    async def boom() -> list[Any]:
+    async def boom(*_: Any) -> list[Any]:
         raise RuntimeError("secret internals")
 
     rt.list_roles = boom
@@ -986,7 +988,7 @@ async def test_an_unreachable_database_answers_503(
         failing_api: tuple[TestClient[Any, Any], SimpleNamespace]) -> None:
     client, rt = failing_api
 
-    async def down() -> list[Any]:
+    async def down(*_: Any) -> list[Any]:
         raise psycopg.OperationalError("connection refused")
 
     rt.list_roles = down

@@ -122,6 +122,19 @@ def _sni_hostname(ssl_object: Any) -> str | None:
     return getattr(ssl_object, SNI_ATTRIBUTE, None)
 
 
+def _told(session: Session) -> bool:
+    """The session's backend is gone and its client has been sent all of it (the FATAL) and the close.
+
+    A TLS client that does not read (an idle connection in a pool) never answers the close_notify, so
+    its transport stays open until asyncio's TLS shutdown timeout; what was queued for it is out once
+    the transport is closing with nothing left to write."""
+    if all(p.lost for p in session.pipes):
+        return True
+    client, _ = session.transports
+    to_client = session.pipes[1]  # the backend transport's protocol
+    return to_client.lost and client.is_closing() and client.get_write_buffer_size() == 0
+
+
 class Proxy:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -261,7 +274,7 @@ class Proxy:
         if mtype != b"p":
             raise wire.ProtocolError(f"expected password response, got message type {mtype!r}")
         token = wire.parse_password(await reader.readexactly(length))
-        await self._authenticate(role, token)
+        await self._authenticate(role, token, endpoint)
 
         if self.rt.config.latency_ms:
             await asyncio.sleep(self.rt.config.latency_ms / 1000)
@@ -281,19 +294,24 @@ class Proxy:
             return await self.rt.backend(endpoint)
         except Exception as exc:
             log.error("no server for endpoint %s: %s", endpoint.name, exc)
+            if not endpoint.read_only:  # a branch's cluster
+                raise LoginRefused("57P03", f"the compute of branch '{endpoint.parent}' could not start",
+                                   "backend_unavailable",
+                                   hint="The emulator's log and branches/<branch_id>/postgres.log in its "
+                                        "data directory say why.") from None
             raise LoginRefused("57P03", "the read replica of this read-only endpoint could not start",
                                "backend_unavailable",
                                hint="The emulator's log and postgres-replica.log in its data directory say why."
                                ) from None
 
-    async def _authenticate(self, role: str, password: str) -> None:
+    async def _authenticate(self, role: str, password: str, endpoint: Endpoint | None = None) -> None:
         """A valid database credential of the role's identity; failing that, when the project's native
         login is on, the role's native Postgres password (``_native_login``). Refused either way with
         Lakebase's one 28P01 text; the detail says only whether native login was off (it names the fix),
         not why it failed (which roles exist or have passwords is nothing to tell an unauthenticated
         client): that goes to the emulator's log."""
         try:
-            await self._authenticate_token(role, password)
+            await self._authenticate_token(role, password, endpoint)
         except LoginRefused as refused:
             if refused.code != "28P01":
                 raise
@@ -302,7 +320,7 @@ class Proxy:
                                   "project (the owner turns it on with w.postgres.update_project, "
                                   "spec.enable_pg_native_login=True).")
                 raise
-            why_not = await self._native_login(role, password)
+            why_not = await self._native_login(role, password, endpoint)
             if why_not is not None:
                 log.info("native postgres login of role %r refused: %s", role, why_not)
                 refused.reason = "native_login_failed"
@@ -311,10 +329,10 @@ class Proxy:
                 raise
             self.rt.stats.native_logins += 1
 
-    async def _native_login(self, role: str, password: str) -> str | None:
+    async def _native_login(self, role: str, password: str, endpoint: Endpoint | None) -> str | None:
         """None when ``password`` is the role's native password and the role may use it now; else why not
         (never the password)."""
-        found = await self.rt.role_password(role)
+        found = await self.rt.role_password(role, endpoint)  # on the endpoint's branch
         if found is None:
             return "no such role"
         if not found.can_login:
@@ -327,13 +345,13 @@ class Proxy:
             return "wrong password"
         return None
 
-    async def _authenticate_token(self, role: str, token: str) -> None:
+    async def _authenticate_token(self, role: str, token: str, endpoint: Endpoint | None) -> None:
         try:
             claims = self.rt.tokens.verify(token, DATABASE_AUDIENCE)
         except InvalidToken as exc:
             raise LoginRefused("28P01", DECODE_FAILED.format(role=role), "invalid_token",
                                detail=f"lakebase emulator: {exc.reason}.") from None
-        info = await self.rt.role_info(role)
+        info = await self.rt.role_info(role, endpoint=endpoint)  # on the endpoint's branch
         if info is None:
             raise LoginRefused("28000", f'role "{role}" does not exist', "no_role",
                                hint="Create it as the project owner: "
@@ -486,7 +504,7 @@ class Proxy:
         # The backends are gone; wait until the proxy has passed their FATAL and the close on to the clients
         # (both transports of each session closed).
         deadline = time.monotonic() + TERMINATE_WAIT_MS / 1000
-        while any(not all(p.lost for p in s.pipes) for s in ended) and time.monotonic() < deadline:
+        while any(not _told(s) for s in ended) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         return len(ended)
 
