@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from . import wire
+from .. import _wire as wire
 from .runtime import TERMINATE_WAIT_MS, Runtime
 from .state import ACTIVE, IDLE, INIT, Endpoint
 from .tokens import DATABASE_AUDIENCE, InvalidToken
