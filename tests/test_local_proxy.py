@@ -11,6 +11,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -203,6 +204,43 @@ def test_psql_and_pgbench_without_password(proxy: ProxyProcess, emulator: Emulat
     assert "number of transactions actually processed: 100/100" in out.stdout
 
 
+CLIENTS = Path(__file__).parent / "clients"
+NODE_MODULES = Path(sys.prefix) / "node_modules"  # make install: npm install --prefix .venv pg pg-copy-streams
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")  # make install: apt-get install libpostgresql-jdbc-java
+
+
+def _expect_ok(out: subprocess.CompletedProcess[str], *what: str) -> None:
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [line for line in out.stdout.splitlines() if line.startswith("ok ")] == [f"ok {w}" for w in what]
+
+
+def test_node_postgres_without_password(proxy: ProxyProcess, emulator: Emulator) -> None:
+    import shutil
+
+    node = shutil.which("node")
+    if node is None or not (NODE_MODULES / "pg").is_dir() or not (NODE_MODULES / "pg-copy-streams").is_dir():
+        pytest.skip(f"node or the npm packages pg and pg-copy-streams in {NODE_MODULES} are missing "
+                    "(make install puts them there as root)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABRICKS_"))}
+    env["NODE_PATH"] = str(NODE_MODULES)
+    out = subprocess.run([node, str(CLIENTS / "proxy_client.js"), "127.0.0.1", str(proxy.port), emulator.owner.name,
+                          "databricks_postgres"], env=env, capture_output=True, text=True, timeout=90)
+    _expect_ok(out, "query", "copy in", "copy out", "listen/notify", "cancel", "session after cancel")
+
+
+def test_jdbc_without_password(proxy: ProxyProcess, emulator: Emulator) -> None:
+    import shutil
+
+    java = shutil.which("java")
+    if java is None or not JDBC_JAR.is_file():
+        pytest.skip(f"java or {JDBC_JAR} is missing (make install installs libpostgresql-jdbc-java as root)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABRICKS_"))}
+    url = f"jdbc:postgresql://127.0.0.1:{proxy.port}/databricks_postgres"
+    out = subprocess.run([java, "-cp", str(JDBC_JAR), str(CLIENTS / "ProxyClient.java"), url, emulator.owner.name],
+                         env=env, capture_output=True, text=True, timeout=120)
+    _expect_ok(out, "query", "copy in", "copy out", "listen/notify", "cancel", "session after cancel")
+
+
 # ---- tokens and faults ----------------------------------------------------------------------------
 def test_sessions_opened_after_several_token_lifetimes_still_log_in(proxy: ProxyProcess,
                                                                     emulator: Emulator) -> None:
@@ -313,8 +351,6 @@ def test_health_checks_and_metrics(proxy: ProxyProcess, emulator: Emulator) -> N
 def test_a_non_loopback_address_is_refused_unless_allowed(emulator: Emulator, tmp_path: Path) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABRICKS_"))},
            **proxy_env(emulator)}
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "lakebase", "proxy", "--address", "0.0.0.0", "--port", "0"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
