@@ -818,12 +818,15 @@ def proxy(endpoints: tuple[str, ...], address: str, port: int | None, unix_socke
 
     Never a token in any log line. SIGTERM and POST /quitquitquit drain (see --max-sigterm-delay).
     """
-    from .proxy import EndpointOption, ProxyConfig, run
+    from .proxy.config import EndpointOption, ProxyConfig, check_address
 
+    check_address(address, allow_remote)  # before anything is imported or started
     config = ProxyConfig(
         endpoints=tuple(EndpointOption.parse(e) for e in endpoints), address=address, port=port,
         unix_socket=unix_socket, http_port=http_port, allow_remote=allow_remote, max_connections=max_connections,
         max_sigterm_delay=max_sigterm_delay, json_logs=json_logs, quiet=quiet)
+    from .proxy.service import run
+
     try:
         code = run(config)
     except OSError as exc:

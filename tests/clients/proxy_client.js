@@ -9,7 +9,7 @@ const config = { host, port: Number(port), user, database, password: undefined, 
 
 function check(cond, what) {
   if (!cond) throw new Error('failed: ' + what);
-  console.log('ok ' + what);
+  console.log("ok " + what);
 }
 
 async function main() {
@@ -44,7 +44,9 @@ async function main() {
   await other.connect();
   await other.query("NOTIFY node_channel, 'from node'");
   await other.end();
-  const note = await Promise.race([notified, new Promise((_, rej) => setTimeout(() => rej(new Error('no notification')), 10000))]);
+  const note = await Promise.race([notified, new Promise((_, rej) => {
+    setTimeout(() => rej(new Error('no notification')), 10000).unref();  // unref: node exits when done
+  })]);
   check(note.channel === 'node_channel' && note.payload === 'from node', 'listen/notify');
 
   // node-postgres has no public cancel: send the protocol's CancelRequest with the client's key.

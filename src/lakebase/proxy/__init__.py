@@ -5,10 +5,20 @@ Like Google's Cloud SQL Auth Proxy: clients connect in plain text on loopback (o
 proxy opens the TLS connection to the endpoint with the token of the library's shared credential cache
 (refreshed ahead of expiry), retries wake-ups and restarts within the connect deadline, and then
 forwards bytes both ways. Modules: :mod:`.config` (options), :mod:`.upstream` (the login),
-:mod:`.server` (listeners, sessions, cancel), :mod:`.health` (HTTP health and metrics), :mod:`.run`.
+:mod:`.server` (listeners, sessions, cancel), :mod:`.health` (HTTP health and metrics), :mod:`.service`
+(logging, signals, running it). The options are checked before the Databricks SDK is imported.
 """
 
+from typing import Any
+
 from .config import EndpointOption, ProxyConfig
-from .run import build, run, serve
 
 __all__ = ["EndpointOption", "ProxyConfig", "build", "run", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("build", "run", "serve"):
+        from . import service
+
+        return getattr(service, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

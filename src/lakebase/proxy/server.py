@@ -387,7 +387,7 @@ class Proxy:
         listener.stats.cancels_forwarded += 1
 
     # ---- health ------------------------------------------------------------------------------------
-    async def readiness(self, timeout: float = 5.0) -> tuple[bool, list[str]]:
+    async def readiness(self, timeout: float = 5.0, token_timeout: float = 1.0) -> tuple[bool, list[str]]:
         """Ready: every endpoint has a valid token and a recent successful login (probed when none is);
         fewer open connections than --max-connections."""
         problems: list[str] = []
@@ -400,7 +400,7 @@ class Proxy:
             cred = listener.connector.credentials.credential if listener.connector.prepared else None
             if cred is None or cred.expires_in() <= 0:
                 try:
-                    await listener.connector.credentials.atoken(timeout=timeout)
+                    await listener.connector.credentials.atoken(timeout=token_timeout)
                 except Exception as exc:
                     problems.append(f"{listener.name}: no valid token: {exc}")
                     continue
