@@ -403,3 +403,20 @@ def test_verify_full_matches_host_names_as_libpq_does() -> None:
     assert not host_matches("a.b.localhost", "*.localhost")
     assert not host_matches("localhost", "*.localhost")
     assert not host_matches("evil.com", "good.com")
+
+
+def test_endpoint_options_and_ports() -> None:
+    from lakebase.errors import ConfigurationError
+    from lakebase.proxy.config import EndpointOption, ProxyConfig, choose_ports
+
+    assert EndpointOption.parse("projects/p/branches/b/endpoints/e=6000") == EndpointOption(
+        "projects/p/branches/b/endpoints/e", 6000)
+    assert EndpointOption.parse("replica") == EndpointOption("replica")
+    for bad in ("=5432", "primary=x", "primary=70000"):
+        with pytest.raises(ConfigurationError, match="--endpoint"):
+            EndpointOption.parse(bad)
+    two = (EndpointOption("a"), EndpointOption("b"))
+    assert choose_ports(ProxyConfig()) == [(5432, False)]  # the default: the next free port if taken
+    assert choose_ports(ProxyConfig(endpoints=two, port=7000)) == [(7000, True), (7001, True)]
+    assert choose_ports(ProxyConfig(endpoints=(EndpointOption("a", 6001), EndpointOption("b")))) == [
+        (6001, True), (5433, False)]

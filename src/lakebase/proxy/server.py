@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,8 +160,10 @@ class Proxy:
         if cfg.unix_socket:
             directory = os.path.abspath(cfg.unix_socket)
             listener.path = os.path.join(directory, f".s.PGSQL.{listener.port}")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(listener.path)
+            if os.path.exists(listener.path):
+                if _socket_in_use(listener.path):
+                    raise OSError(f"{listener.path} is in use by another server")
+                os.unlink(listener.path)  # left over from a process that is gone
             listener.server = await asyncio.start_unix_server(
                 lambda r, w: self._accept(listener, r, w), listener.path, backlog=512)
             os.chmod(listener.path, 0o600)  # the socket is the identity: only its owner may connect
@@ -424,6 +427,16 @@ class Proxy:
         listener.stats.last_login_ok = time.monotonic()
         up.writer.write(wire.TERMINATE)
         up.writer.close()
+
+
+def _socket_in_use(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
