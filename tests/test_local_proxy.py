@@ -332,6 +332,20 @@ def test_garbage_and_oversized_packets_leave_the_proxy_serving_others(proxy: Pro
     assert proxy.metric("lakebase_proxy_protocol_errors_total") >= 4
 
 
+def test_a_client_that_leaves_during_the_login_holds_no_connection(proxy: ProxyProcess, emulator: Emulator) -> None:
+    with connect(proxy, emulator) as conn:  # the proxy has logged in before: the next login is quick
+        conn.execute("SELECT 1")
+    wait_for(lambda: proxy.metric("lakebase_proxy_connections_open") == 0, what="no connection open")
+    before = proxy.metric("lakebase_proxy_connections_total")
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(wire.startup_message(wire.PROTOCOL_3_0, {"user": emulator.owner.name}))
+    with connect(proxy, emulator) as conn:  # a login that started after theirs ends after theirs
+        conn.execute("SELECT 1")
+    wait_for(lambda: proxy.metric("lakebase_proxy_connections_open") == 0, what="the leavers' connections closed")
+    assert proxy.metric("lakebase_proxy_connections_total") == before + 1  # theirs never became sessions
+
+
 # ---- operations -----------------------------------------------------------------------------------
 def test_health_checks_and_metrics(proxy: ProxyProcess, emulator: Emulator) -> None:
     assert proxy.http("/startup")[0] == 200

@@ -288,8 +288,9 @@ class Proxy:
             up = await self._login(listener, params, packet.version, writer)
             if up is None:
                 return False
-            counted = False  # from here the session's own end uncounts it
-            return self._hand_off(listener, up, reader, writer)
+            handed_off = self._hand_off(listener, up, reader, writer)
+            counted = not handed_off  # a session's own end uncounts it
+            return handed_off
         finally:
             if counted:
                 listener.stats.connections_open -= 1
@@ -338,7 +339,7 @@ class Proxy:
         out = b"".join(greeting[:-1]) + wire.backend_key_data(up.pid, client_key) + greeting[-1]
         client_t = cast(asyncio.Transport, writer.transport)
         server_t = cast(asyncio.Transport, up.writer.transport)
-        if client_t.is_closing():
+        if client_t.is_closing() or reader.at_eof():  # the client left while the proxy logged in for it
             up.writer.write(wire.TERMINATE)
             up.writer.close()
             return False
