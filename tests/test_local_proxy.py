@@ -435,3 +435,15 @@ def test_endpoint_options_and_ports() -> None:
     assert choose_ports(ProxyConfig(endpoints=two, port=7000)) == [(7000, True), (7001, True)]
     assert choose_ports(ProxyConfig(endpoints=(EndpointOption("a", 6001), EndpointOption("b")))) == [
         (6001, True), (5433, False)]
+
+
+def test_an_allowed_remote_address_is_warned_about(emulator: Emulator, fresh_registries: None,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from lakebase.proxy import ProxyConfig, build
+    from lakebase.settings import Settings
+
+    settings = Settings(env=emulator.user_env, token_refresh="lazy")
+    with caplog.at_level("WARNING", logger="lakebase.proxy"):
+        proxy = build(ProxyConfig(address="0.0.0.0", allow_remote=True, settings=settings))  # builds, binds nothing
+    assert [li.name for li in proxy.listeners] == [emulator.endpoint_name]
+    assert "ANYONE WHO CAN REACH THIS PORT USES THE DATABASE AS THIS IDENTITY" in caplog.text
