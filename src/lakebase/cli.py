@@ -12,6 +12,7 @@
     lakebase psql [-- ARGS]     the system psql with a fresh token (kept fresh while psql runs)
     lakebase token [--json]     a database credential
     lakebase env [--with-token] export lines for libpq tools
+    lakebase proxy              a local proxy that logs in with fresh tokens (clients need no password)
 
 Everything but ``emulator`` and ``demo`` reads the same environment as the library (``ENDPOINT_NAME``,
 ``PG*``, ``DATABRICKS_*``). Progress goes to stderr (a spinner when it is a terminal), results to stdout.
@@ -771,6 +772,67 @@ def psql(psql_args: tuple[str, ...]) -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
         refresher.__exit__(None, None, None)
+    raise SystemExit(code)
+
+
+@main.command()
+@click.option("--endpoint", "endpoints", multiple=True, metavar="NAME[=PORT]",
+              help="An endpoint to serve (repeatable): projects/<p>/branches/<b>/endpoints/<e>, or an endpoint id "
+                   "of ENDPOINT_NAME's branch (read-only endpoints too); =PORT picks its port. Default: the "
+                   "environment's endpoint.")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Where to listen. Anything but loopback needs --allow-remote.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the first endpoint; each next one gets the next port. Default: 5432, or the next free "
+                   "port when taken (said on stderr); 0: a free port.")
+@click.option("--unix-socket", type=click.Path(file_okay=False, exists=True), default=None, metavar="DIR",
+              help="Listen on Unix sockets in DIR (DIR/.s.PGSQL.<port>, libpq's host=DIR port=<port>) instead of TCP.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve GET /startup, /liveness, /readiness (200: every endpoint has a valid token and a working "
+                   "login, and fewer than --max-connections are open), /metrics (Prometheus: connections, bytes, "
+                   "login and token errors, token age) and POST /quitquitquit (as SIGTERM) on 127.0.0.1 here.")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a non-loopback --address: anyone who reaches the port acts as your identity.")
+@click.option("--max-connections", type=click.IntRange(0), default=0, show_default=True,
+              help="Refuse client connections beyond this many open ones (0: no limit).")
+@click.option("--max-sigterm-delay", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="On SIGTERM (or /quitquitquit): stop accepting, wait up to this many seconds for open "
+                   "connections to close, then exit 0.")
+@click.option("--json-logs", is_flag=True, help="Log one JSON object per line (structured fields included).")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+@handle_errors
+def proxy(endpoints: tuple[str, ...], address: str, port: int | None, unix_socket: str | None,
+          http_port: int | None, allow_remote: bool, max_connections: int, max_sigterm_delay: float,
+          json_logs: bool, quiet: bool) -> None:
+    """A local proxy that logs in with fresh OAuth tokens: clients connect with no password.
+
+    Like Cloud SQL Auth Proxy, for Lakebase. Any client (psql, DBeaver, psycopg2, node-postgres, JDBC,
+    dbt) connects to the proxy in plain text on loopback (or a Unix socket) with your identity as the user
+    name (or none) and no password; the proxy opens the TLS connection to the endpoint (verify-full when
+    PGSSLROOTCERT gives the CA) with the current token, retries wake-ups and restarts within
+    LAKEBASE_CONNECT_DEADLINE, and forwards everything else: startup parameters (database,
+    application_name, options), queries, COPY, LISTEN/NOTIFY, cancel requests, the server's errors.
+
+    \b
+    lakebase proxy                                   # the environment's endpoint on 127.0.0.1:5432
+    psql "host=127.0.0.1 port=5432 user=$PGUSER dbname=databricks_postgres"
+    lakebase proxy --endpoint primary=5432 --endpoint my-replica=5433 --http-port 9090
+
+    Never a token in any log line. SIGTERM and POST /quitquitquit drain (see --max-sigterm-delay).
+    """
+    from .proxy.config import EndpointOption, ProxyConfig, check_address
+
+    check_address(address, allow_remote)  # before anything is imported or started
+    config = ProxyConfig(
+        endpoints=tuple(EndpointOption.parse(e) for e in endpoints), address=address, port=port,
+        unix_socket=unix_socket, http_port=http_port, allow_remote=allow_remote, max_connections=max_connections,
+        max_sigterm_delay=max_sigterm_delay, json_logs=json_logs, quiet=quiet)
+    from .proxy.service import run
+
+    try:
+        code = run(config)
+    except OSError as exc:
+        _fail(f"lakebase proxy could not listen: {exc}. Pick another port with --port or --endpoint NAME=PORT")
     raise SystemExit(code)
 
 

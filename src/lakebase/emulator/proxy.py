@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from . import wire
+from .. import _wire as wire
 from .native_login import password_matches
 from .runtime import TERMINATE_WAIT_MS, Runtime
 from .state import ACTIVE, IDLE, INIT, Endpoint

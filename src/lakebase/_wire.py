@@ -202,3 +202,46 @@ def parse_backend_key_data(payload: bytes) -> tuple[int, bytes]:
         raise ProtocolError("invalid BackendKeyData")
     (pid,) = struct.unpack("!i", payload[:4])
     return pid, bytes(payload[4:])
+
+
+# ---- the client side (lakebase proxy): logging in to a server ---------------------------------------
+AUTH_OK = 0
+AUTH_CLEARTEXT_PASSWORD = 3
+SSL_REQUEST_PACKET = struct.pack("!II", 8, SSL_REQUEST)
+TERMINATE = b"X\0\0\0\4"
+
+
+def parse_client_startup(body: bytes, default_user: str) -> StartupPacket:
+    """:func:`parse_startup` for a proxy that logs in as one identity: a startup packet without a user
+    name (or with an empty one) gets ``default_user``."""
+    if len(body) >= 4 and struct.unpack("!I", body[:4])[0] >> 16 == 3:
+        # A user given first: the client's own, if any, comes later in the packet and wins.
+        body = body[:4] + b"user\0" + default_user.encode() + b"\0" + body[4:]
+        packet = parse_startup(body)
+        if not packet.params.get("user"):
+            packet.params["user"] = default_user
+        return packet
+    return parse_startup(body)
+
+
+def parse_authentication(payload: bytes) -> int:
+    """The request code of an Authentication message (0: ok, 3: cleartext password, 10: SASL, ...)."""
+    if len(payload) < 4:
+        raise ProtocolError("invalid authentication request")
+    (code,) = struct.unpack("!I", payload[:4])
+    return int(code)
+
+
+def password_message(password: str) -> bytes:
+    """A PasswordMessage: the answer to AuthenticationCleartextPassword."""
+    return _msg(b"p", password.encode() + b"\0")
+
+
+def auth_ok() -> bytes:
+    return _msg(b"R", struct.pack("!I", AUTH_OK))
+
+
+def is_fatal_error(payload: bytes) -> bool:
+    """Does this ErrorResponse end the session (severity FATAL or PANIC)?"""
+    fields = parse_error_fields(payload)
+    return fields.get("V", fields.get("S", "")) in ("FATAL", "PANIC")
