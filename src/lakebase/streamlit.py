@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._extras import requires_extra
 
 with requires_extra("streamlit", __name__):
+    import streamlit  # noqa: F401 - first, so that its absence is named as such
     from streamlit.connections import BaseConnection
     from streamlit.runtime.caching import cache_data
 
