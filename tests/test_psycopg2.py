@@ -227,6 +227,52 @@ def test_a_serialization_failure_on_a_psycopg2_engine_is_retried(emulator: Emula
         engine.dispose()
 
 
+def test_run_transaction_on_psycopg2_connections(emulator: Emulator, app_env: dict[str, str]) -> None:
+    """run_transaction(lakebase.psycopg2.connect, fn): a session ended mid-unit (57P01, psycopg2's
+    AdminShutdown) and a serialization failure (40001) run the unit again on a new connection; a read-only
+    unit cannot write (25006, not retried)."""
+    table = "pg2tx_" + emulator.app.name.replace("-", "_")[:20]
+    calls = 0
+
+    def unit(conn: Any) -> int:
+        nonlocal calls
+        calls += 1
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT v FROM {table} WHERE id = 1")  # this transaction's snapshot
+            if calls == 1:
+                cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # the session ends
+            if calls == 2:
+                with lakebase.psycopg2.connect() as other, other.cursor() as c:  # a concurrent write...
+                    c.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1")
+                other.close()
+            cur.execute(f"UPDATE {table} SET v = v + 10 WHERE id = 1")  # ...so this fails with 40001 once
+            cur.execute(f"SELECT v FROM {table} WHERE id = 1")
+            return int(cur.fetchone()[0])
+
+    setup = lakebase.psycopg2.connect()
+    setup.autocommit = True
+    with setup.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v int)")
+        cur.execute(f"INSERT INTO {table} VALUES (1, 0)")
+    try:
+        assert run_transaction(lakebase.psycopg2.connect, unit, isolation_level="serializable") == 11
+        assert calls == 3 and scalar(setup, f"SELECT v FROM {table}") == 11
+
+        def write(conn: Any) -> None:
+            with conn.cursor() as cur:
+                cur.execute(f"UPDATE {table} SET v = 0")
+
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            run_transaction(lakebase.psycopg2.connect, write, read_only=True)
+        assert run_transaction(lakebase.psycopg2.connect, lambda conn: scalar(conn, "SHOW transaction_read_only"),
+                               read_only=True) == "on"
+    finally:
+        with setup.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        setup.close()
+
+
 def test_no_token_text_in_errors_or_reprs(emulator: Emulator, app_env: dict[str, str]) -> None:
     conn = lakebase.psycopg2.connect()
     token = get_connector().credentials.token()

@@ -57,7 +57,7 @@ repeated (it may run more than once). What ``fn`` receives depends on the target
 target                                                ``fn`` receives
 ====================================================  ==============================================
 ``lakebase.ConnectionPool`` / psycopg_pool pool        a psycopg ``Connection``
-a function returning a new psycopg connection          that connection (closed afterwards)
+a function opening a psycopg or psycopg2 connection    that connection (closed afterwards)
 SQLAlchemy ``Engine`` / ``sessionmaker``               a SQLAlchemy ``Connection`` / ``Session``
 *async:* ``AsyncConnectionPool``, ``AsyncEngine``,      a psycopg ``AsyncConnection``, SQLAlchemy
 ``async_sessionmaker``, an asyncpg pool, a coroutine    ``AsyncConnection`` / ``AsyncSession``, an
