@@ -137,15 +137,14 @@ def secrets_file(tmp_path: Path) -> Iterator[Path]:
 
 def test_settings_come_from_arguments_and_secrets(emulator: Emulator, app_role: str, app_env: dict[str, str],
                                                   secrets_file: Path) -> None:
-    secrets_file.write_text('[connections.lakebase]\napplication_name = "from-secrets"\n')
+    secrets_file.write_text('[connections.lakebase]\ntype = "lakebase.streamlit.LakebaseConnection"\n'
+                            'application_name = "from-secrets"\n')
 
     def script() -> None:
         import streamlit as st
         from sqlalchemy import text
 
-        from lakebase.streamlit import LakebaseConnection
-
-        conn = st.connection("lakebase", type=LakebaseConnection, connect_args={"options": "-c work_mem=5MB"})
+        conn = st.connection("lakebase", connect_args={"options": "-c work_mem=5MB"})  # the type from secrets
         row = conn.query("SELECT current_setting('application_name') AS a, current_setting('work_mem') AS w, "
                          "current_user AS u", ttl=0).iloc[0]
         st.text(f"{row.a} {row.w} {row.u}")

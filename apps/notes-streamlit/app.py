@@ -54,9 +54,8 @@ def delete_note(conn: LakebaseConnection, note_id: int) -> None:
 
 st.set_page_config(page_title="Notes on Lakebase")
 st.title("Hello from Lakebase!")
-conn = st.connection("lakebase", type=LakebaseConnection)
-
 try:
+    conn = st.connection("lakebase", type=LakebaseConnection)  # one per process, whatever the reruns
     with st.form("add", clear_on_submit=True):
         draft = st.text_area("New note", max_chars=MAX_NOTE_LENGTH)
         if st.form_submit_button("Add note"):

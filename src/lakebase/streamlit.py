@@ -24,7 +24,8 @@ scope), so script reruns and browser sessions share it. A DataFrame from ``query
 new connection, where ``SQLConnection`` would throw its engine away and build another.
 
 Configuration: ``st.connection`` keyword arguments over the ``[connections.<name>]`` section of
-``.streamlit/secrets.toml``, over the environment (``PGHOST``, ``ENDPOINT_NAME``...: in a Databricks
+``.streamlit/secrets.toml`` (where ``type = "lakebase.streamlit.LakebaseConnection"`` lets a script
+call ``st.connection("lakebase")`` alone), over the environment (``PGHOST``, ``ENDPOINT_NAME``...: in a Databricks
 App nothing is needed). Names of :class:`~lakebase.Settings` fields (``endpoint``, ``database``,
 ``user``...) configure the target; ``url`` and ``driver`` (``psycopg`` or ``psycopg2``) as for
 :func:`~lakebase.sqlalchemy.create_engine`; the rest go to the engine (``pool_size``,
@@ -60,6 +61,7 @@ class LakebaseConnection(BaseConnection["Engine"]):
 
     def _connect(self, **kwargs: Any) -> Engine:
         config = {**self._secrets.to_dict(), **kwargs}
+        config.pop("type", None)  # the secrets section may name the connection class: Streamlit's, not ours
         refuse_secrets(config, _WHERE)
         config.pop("password", None)  # given as None: unset
         url = config.pop("url", None)
