@@ -178,3 +178,12 @@ def test_reset_disposes_of_the_engine(emulator: Emulator, app_env: dict[str, str
     assert connection.query("SELECT 1 AS one", ttl=0)["one"].tolist() == [1]
     connection.close()
 
+
+
+def test_a_misconfigured_app_says_why(emulator: Emulator, app_env: dict[str, str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.run()
+    assert not at.exception, at.exception
+    assert "PGSSLMODE='disable': Lakebase requires TLS" in at.error[0].value
