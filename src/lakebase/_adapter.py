@@ -1,9 +1,10 @@
 """The driver-adapter layer: the argument rules every driver integration shares, written once.
 
 Each driver module is one small adapter over :class:`~lakebase.connector.Connector`:
-:mod:`lakebase.psycopg` (``open_connection``, ``open_connection_async``) and :mod:`lakebase.asyncpg`
-(``open_connection``) each expose a package-level function that opens one connection through a
-connector (fresh token, retries); :mod:`lakebase.sqlalchemy` builds its engines on those functions.
+:mod:`lakebase.psycopg` (``open_connection``, ``open_connection_async``), :mod:`lakebase.psycopg2` and
+:mod:`lakebase.asyncpg` (``open_connection``) each expose a package-level function that opens one
+connection through a connector (fresh token, retries); :mod:`lakebase.sqlalchemy` builds its engines
+on those functions (and :mod:`lakebase.streamlit` its connection on an engine).
 What every adapter enforces on its caller's arguments lives here:
 
 * :func:`split_settings`: arguments named like :class:`~lakebase.Settings` fields configure the
