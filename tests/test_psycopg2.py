@@ -171,6 +171,9 @@ def test_psycopg2_sqlstates_are_read_from_pgcode(emulator: Emulator, app_env: di
     assert refused.pgcode == "28P01" and classify(refused).kind is Kind.AUTH
     assert retry_reason(serialization) == ("serialization failure", False)
     assert classify(terminated).kind is Kind.TRANSIENT and classify(terminated).sqlstate == "57P01"
+    with pytest.raises(psycopg2.InterfaceError) as closed:
+        conn.cursor()  # psycopg2's words for a closed connection
+    assert retry_reason(closed.value) == ("the connection was lost", True)
 
 
 def test_an_engine_on_psycopg2_rides_through_a_restart(emulator: Emulator, app_env: dict[str, str]) -> None:
