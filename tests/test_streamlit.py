@@ -176,6 +176,8 @@ def test_reset_disposes_of_the_engine(emulator: Emulator, app_env: dict[str, str
     assert first.pool.checkedin() == 0  # its pooled connection was closed
     assert connection.engine is not first
     assert connection.query("SELECT 1 AS one", ttl=0)["one"].tolist() == [1]
+    with pytest.raises(TypeError, match="chunksize= is not supported"):
+        connection.query("SELECT 1", chunksize=10)
     connection.close()
 
 

@@ -73,7 +73,10 @@ class LakebaseConnection(BaseConnection["Engine"]):
         """Run a read-only query (SQLAlchemy ``text()``: ``:name`` placeholders, ``params`` a dict) and
         return a pandas DataFrame, cached like ``st.cache_data``: for ``ttl`` seconds, or until
         ``st.cache_data.clear()`` when ``ttl`` is None (the default, as in ``SQLConnection``).
-        Other keyword arguments go to ``pandas.read_sql``."""
+        Other keyword arguments go to ``pandas.read_sql`` (not ``chunksize``: the result is one DataFrame)."""
+        if kwargs.get("chunksize") is not None:
+            raise TypeError("query() returns one cached DataFrame, so chunksize= is not supported: read in "
+                            "chunks with pandas.read_sql(..., conn.engine.connect(), chunksize=...) instead")
 
         def _query(instance_id: Any, sql: str, params: Any = None, index_col: Any = None,
                    **kwargs: Any) -> DataFrame:
