@@ -32,6 +32,8 @@ def run_hidden(hidden: list[str], code: str) -> subprocess.CompletedProcess[str]
     ("lakebase.sqlalchemy", "sqlalchemy", "sqlalchemy"),
     ("lakebase.sqlalchemy", "psycopg", "sqlalchemy"),
     ("lakebase.asyncpg", "asyncpg", "asyncpg"),
+    ("lakebase.psycopg2", "psycopg2", "psycopg2"),
+    ("lakebase.streamlit", "streamlit", "streamlit"),
     ("lakebase.alembic", "alembic", "alembic"),
     ("lakebase.cli", "click", "cli"),
     ("lakebase.proxy.health", "prometheus_client", "proxy"),

@@ -101,7 +101,7 @@ def test_unsafe_configuration_is_refused(emulator: Emulator, user_env: dict[str,
         create_engine(connect_args={"sslmode": "disable"})
     with pytest.raises(ConfigurationError, match="lakebase sets the password"):
         create_async_engine(connect_args={"password": "x"})
-    with pytest.raises(ConfigurationError, match="create_engine supports psycopg, not 'asyncpg'"):
+    with pytest.raises(ConfigurationError, match="create_engine supports psycopg and psycopg2, not 'asyncpg'"):
         create_engine("postgresql+asyncpg://")
     with pytest.raises(ConfigurationError, match="creator= was given"):
         create_engine(creator=lambda: None)

@@ -1,9 +1,10 @@
 """The driver-adapter layer: the argument rules every driver integration shares, written once.
 
 Each driver module is one small adapter over :class:`~lakebase.connector.Connector`:
-:mod:`lakebase.psycopg` (``open_connection``, ``open_connection_async``) and :mod:`lakebase.asyncpg`
-(``open_connection``) each expose a package-level function that opens one connection through a
-connector (fresh token, retries); :mod:`lakebase.sqlalchemy` builds its engines on those functions.
+:mod:`lakebase.psycopg` (``open_connection``, ``open_connection_async``), :mod:`lakebase.psycopg2` and
+:mod:`lakebase.asyncpg` (``open_connection``) each expose a package-level function that opens one
+connection through a connector (fresh token, retries); :mod:`lakebase.sqlalchemy` builds its engines
+on those functions (and :mod:`lakebase.streamlit` its connection on an engine).
 What every adapter enforces on its caller's arguments lives here:
 
 * :func:`split_settings`: arguments named like :class:`~lakebase.Settings` fields configure the
@@ -12,11 +13,14 @@ What every adapter enforces on its caller's arguments lives here:
   carry one (``passfile``, asyncpg's ``dsn``): lakebase sets the password, a fresh OAuth token;
 * :func:`require_tls`: a TLS mode that would allow plaintext is refused (the token is the password);
 * :func:`check_arguments`: both, on one set of driver arguments;
-* :func:`libpq_params`: a target's libpq parameters (psycopg's, and through ``lakebase env`` psql's).
+* :func:`libpq_params`: a target's libpq parameters (psycopg's, and through ``lakebase env`` psql's);
+* :func:`libpq_connect_params`, :func:`libpq_connect_timeout`: those merged with a caller's libpq
+  arguments, and the per-attempt ``connect_timeout`` (the libpq drivers: psycopg and psycopg2).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
@@ -102,3 +106,29 @@ def libpq_params(target: Target, hostaddr: str | None = None) -> dict[str, Any]:
     if hostaddr:
         params["hostaddr"] = hostaddr
     return params
+
+
+def libpq_connect_params(target: Target, hostaddr: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Ours, then the caller's libpq arguments (conninfo and keywords, merged); the password stays ours."""
+    params = libpq_params(target, hostaddr)
+    given = dict(given)
+    refuse_secrets(given)
+    for secret in PASSWORD_ARGUMENTS:  # given as None: unset
+        given.pop(secret, None)
+    if "host" in given and "hostaddr" not in given:
+        params.pop("hostaddr", None)
+    params.update(given)
+    require_tls(params.get("sslmode", ""))  # sslmode=None too: a driver would drop it (libpq's prefer)
+    return params
+
+
+def libpq_connect_timeout(attempt_timeout: float, requested: Any) -> int:
+    """libpq's connect_timeout: whole seconds, at least 2; never longer than the caller asked for."""
+    seconds = attempt_timeout
+    if requested not in (None, ""):
+        try:
+            if float(requested) > 0:
+                seconds = min(seconds, float(requested))
+        except (TypeError, ValueError):
+            pass
+    return max(2, math.ceil(seconds))

@@ -66,6 +66,17 @@ def psycopg_state(conn: Any) -> str:
     return socket_state(fd)
 
 
+def psycopg2_state(conn: Any) -> str:
+    """The state of a psycopg2 connection, from its libpq socket."""
+    if conn.closed:  # nonzero: closed by the application, or libpq saw the end of the connection
+        return CLOSED
+    try:
+        fd = conn.fileno()
+    except Exception:
+        return CLOSED
+    return socket_state(fd)
+
+
 def asyncpg_state(conn: Any) -> str:
     """The state of an asyncpg connection from its transport's socket.
 

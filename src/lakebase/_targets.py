@@ -152,6 +152,24 @@ async def _apsycopg_fetch(conn: Any, query: str, *params: Any) -> Any:
     return row[0] if row else None
 
 
+# ---- psycopg2 ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _psycopg2_begin(conn: Any, isolation: str | None, read_only: bool) -> Iterator[tuple[Callable[[], Any], ...]]:
+    """psycopg2 begins a transaction with the first statement, with the session's characteristics: set
+    them for this one (a psycopg2 connection comes from a function and is closed after the unit)."""
+    conn.autocommit = False
+    if isolation or read_only:
+        conn.set_session(isolation_level=isolation.upper() if isolation else None, readonly=read_only or None)
+    yield conn.commit, conn.rollback
+
+
+def _psycopg2_fetch(conn: Any, query: str, *params: Any) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        row = cur.fetchone() if cur.description else None
+    return row[0] if row else None
+
+
 # ---- asyncpg -----------------------------------------------------------------------------------------
 @contextlib.asynccontextmanager
 async def _asyncpg_begin(conn: Any, isolation: str | None,
@@ -265,6 +283,8 @@ async def _open_coroutine_function(factory: Callable[[], Any]) -> AsyncIterator[
 # ---- the tables ----------------------------------------------------------------------------------------
 CONNECTIONS = (  # module, class, async, begin, fetch, discard (None: a session)
     ConnectionKind("psycopg", "Connection", False, _psycopg_begin, _psycopg_fetch, lambda conn: conn.close()),
+    ConnectionKind("psycopg2.extensions", "connection", False, _psycopg2_begin, _psycopg2_fetch,
+                   lambda conn: conn.close()),
     ConnectionKind("sqlalchemy.engine", "Connection", False, partial(_sa_begin, session=False), _sa_fetch,
                    lambda conn: conn.invalidate()),
     ConnectionKind("sqlalchemy.orm", "Session", False, partial(_sa_begin, session=True), _sa_fetch, None),

@@ -7,8 +7,9 @@
 * ``lakebase doctor`` (the login check): which explanation to print — a SQLSTATE's or a rule's ``name``.
 
 Drivers rarely give a SQLSTATE for login errors (libpq reports them as text), so the message is
-matched too: :data:`SQLSTATES` by code, :data:`RULES` by lowercase message fragments (all of a rule's
-fragments must occur; for a verdict, the first matching rule wins).
+matched too: :data:`SQLSTATES` by code (read by :func:`sqlstate_of` from any driver's error),
+:data:`RULES` by lowercase message fragments (all of a rule's fragments must occur; for a verdict,
+the first matching rule wins).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ RULES: list[Rule] = [
     Rule(("no route to host",), _UNREACHABLE),
     # Only signs of a lost connection (a driver's own words, not a server's or libpq's login errors).
     Rule(("connection is closed",), lost=True),
+    Rule(("connection already closed",), lost=True),  # psycopg2
     Rule(("connection is lost",), lost=True),
     Rule(("connection was closed",), lost=True),
     Rule(("connection has been closed",), lost=True),
@@ -173,6 +175,15 @@ LOST_CONNECTION_ERRORS = frozenset({"ConnectionDoesNotExistError", "ConnectionFa
 #: Driver error classes worth another connect attempt whatever their message.
 CONNECTION_ERRORS = frozenset({"OperationalError", "InterfaceError", "ConnectionDoesNotExistError",
                                "CannotConnectNowError", "TooManyConnectionsError"})
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE a driver's error carries: ``sqlstate`` (psycopg 3, asyncpg) or ``pgcode`` (psycopg2)."""
+    for attr in ("sqlstate", "pgcode"):
+        state = getattr(exc, attr, None)
+        if isinstance(state, str) and len(state) == 5:
+            return state
+    return None
 
 
 def _matches(rule: Rule, text: str) -> bool:

@@ -19,7 +19,6 @@ down, role missing, permission denied...) with the last connect error chained, i
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ with requires_extra("psycopg", __name__):
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool.base import BasePool
 
-from ._adapter import PASSWORD_ARGUMENTS, libpq_params, refuse_secrets, require_tls, split_settings
+from ._adapter import libpq_connect_params, libpq_connect_timeout, libpq_params, split_settings
 from ._liveness import CLOSED, QUIET, psycopg_state
 from ._redact import redact, safe_conninfo
 from .connector import Connector, get_connector
@@ -53,28 +52,7 @@ POOL_DEFAULTS: dict[str, Any] = {
 
 def _params(target: Target, hostaddr: str | None, conninfo: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Ours, then the caller's conninfo, then the caller's keyword arguments; the password stays ours."""
-    params = libpq_params(target, hostaddr)
-    given = {**(conninfo_to_dict(conninfo) if conninfo else {}), **kwargs}
-    refuse_secrets(given)
-    for secret in PASSWORD_ARGUMENTS:  # given as None: unset
-        given.pop(secret, None)
-    if "host" in given and "hostaddr" not in given:
-        params.pop("hostaddr", None)
-    params.update(given)
-    require_tls(params.get("sslmode", ""))  # sslmode=None too: psycopg would drop it (libpq's prefer)
-    return params
-
-
-def _timeout(attempt_timeout: float, requested: Any) -> int:
-    """libpq's connect_timeout: whole seconds, at least 2; never longer than the caller asked for."""
-    seconds = attempt_timeout
-    if requested not in (None, ""):
-        try:
-            if float(requested) > 0:
-                seconds = min(seconds, float(requested))
-        except (TypeError, ValueError):
-            pass
-    return max(2, math.ceil(seconds))
+    return libpq_connect_params(target, hostaddr, {**(conninfo_to_dict(conninfo) if conninfo else {}), **kwargs})
 
 
 def conninfo_for_display(connector: Connector) -> str:
@@ -97,7 +75,7 @@ def open_connection(connector: Connector, conninfo: str = "", /, *,
 
     def attempt(password: str, timeout: float) -> psycopg.Connection[Any]:
         return connection_class.connect(**params, password=password,
-                                        connect_timeout=_timeout(timeout, requested))
+                                        connect_timeout=libpq_connect_timeout(timeout, requested))
 
     return connector.connect(attempt)
 
@@ -115,7 +93,7 @@ async def open_connection_async(connector: Connector, conninfo: str = "", /, *,
 
     async def attempt(password: str, timeout: float) -> psycopg.AsyncConnection[Any]:
         return await connection_class.connect(**params, password=password,
-                                              connect_timeout=_timeout(timeout, requested))
+                                              connect_timeout=libpq_connect_timeout(timeout, requested))
 
     return await connector.aconnect(attempt)
 

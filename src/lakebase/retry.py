@@ -28,7 +28,15 @@ from typing import Protocol, TypeVar
 
 from ._redact import redact
 from ._telemetry import Counters, event
-from .diagnosis import CONNECTION_ERRORS, EXTERNAL_AUTHORIZATION, SQLSTATES, Classification, Kind, verdict
+from .diagnosis import (
+    CONNECTION_ERRORS,
+    EXTERNAL_AUTHORIZATION,
+    SQLSTATES,
+    Classification,
+    Kind,
+    sqlstate_of,
+    verdict,
+)
 from .errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -40,13 +48,6 @@ log = logging.getLogger("lakebase.connect")
 T = TypeVar("T")
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str) and len(state) == 5:
-        return state
-    return None
-
-
 def classify(exc: BaseException) -> Classification:
     """Is ``exc`` (raised while connecting) worth a retry, a fresh token, or neither?"""
     if isinstance(exc, CredentialsUnavailable):
@@ -54,7 +55,7 @@ def classify(exc: BaseException) -> Classification:
         return Classification(kind, "no database credential")
     if isinstance(exc, LakebaseError):
         return Classification(Kind.FATAL, type(exc).__name__)
-    state = _sqlstate(exc)
+    state = sqlstate_of(exc)
     text = str(exc).lower()
     if EXTERNAL_AUTHORIZATION in text:
         return Classification(Kind.TRANSIENT, "external authorization failed (a new role is propagating)", state)

@@ -7,13 +7,15 @@
     engine = create_engine()                       # settings from the environment (PGHOST, ENDPOINT_NAME, ...)
     aengine = create_async_engine(pool_size=10)
 
-The engines use the psycopg (v3) dialect; the async engine can use asyncpg instead
-(``create_async_engine("postgresql+asyncpg://")``). Every new DBAPI connection is opened by lakebase
-(``creator=`` / ``async_creator=``), not from the URL: it carries a valid token from the shared
-credential cache, rides out restarts and scale-to-zero wake-ups inside the connect deadline, replaces
-a refused token once, and fails with an error that names the cause. The async engine never mints a
-token or calls the Databricks SDK on the event loop (``async_creator`` awaits the connector, whose
-blocking work runs in worker threads), unlike a ``do_connect`` hook, which runs on the loop.
+The engines use the psycopg (v3) dialect; the engine can use psycopg2 instead
+(``create_engine(driver="psycopg2")`` or ``"postgresql+psycopg2://"``, the ``psycopg2`` extra), the
+async engine asyncpg (``create_async_engine(driver="asyncpg")`` or ``"postgresql+asyncpg://"``).
+Every new DBAPI connection is opened by lakebase (``creator=`` / ``async_creator=``), not from the URL:
+it carries a valid token from the shared credential cache, rides out restarts and scale-to-zero
+wake-ups inside the connect deadline, replaces a refused token once, and fails with an error that names the
+cause. The async engine never mints a token or calls the Databricks SDK on the event loop
+(``async_creator`` awaits the connector, whose blocking work runs in worker threads), unlike a
+``do_connect`` hook, which runs on the loop.
 
 What the popular ``do_connect`` recipe gets wrong, and the defaults here (:data:`ENGINE_DEFAULTS`,
 each can be overridden):
@@ -49,7 +51,7 @@ with requires_extra("sqlalchemy", __name__):
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._adapter import check_arguments, split_settings
-from ._liveness import QUIET, READABLE, asyncpg_state, psycopg_state
+from ._liveness import QUIET, READABLE, asyncpg_state, psycopg2_state, psycopg_state
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
 from .errors import ConfigurationError
@@ -70,11 +72,11 @@ def install_liveness_check(engine: Engine, driver: str = "psycopg") -> None:
     A connection whose session the server ended (restart, scale to zero, idle or lifetime limit) is
     invalidated and replaced by a new one (``DisconnectionError``); when something arrived on the idle
     connection, the dialect's ping (one round trip) decides, so a pending ``NOTIFY`` does not cost the
-    connection. ``driver`` is ``psycopg`` or ``asyncpg``. The engines made here have it unless
-    ``pool_pre_ping=True`` was given.
+    connection. ``driver`` is ``psycopg``, ``psycopg2`` or ``asyncpg``. The engines made here have it
+    unless ``pool_pre_ping=True`` was given.
     """
     dialect = engine.dialect
-    state_of = asyncpg_state if driver == "asyncpg" else psycopg_state
+    state_of = {"asyncpg": asyncpg_state, "psycopg2": psycopg2_state}.get(driver, psycopg_state)
 
     def check(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         state = state_of(getattr(dbapi_connection, "driver_connection", dbapi_connection))
@@ -95,22 +97,31 @@ _URL_SETTINGS = {"host": "host", "port": "port", "database": "database", "userna
 
 
 def _configure(url: str | URL | None, kwargs: dict[str, Any], drivers: tuple[str, ...], what: str,
-               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+               driver_given: str | None = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
     """(settings overrides, driver connect arguments, engine arguments, driver name)."""
+    if driver_given is not None and driver_given not in drivers:
+        raise ConfigurationError(f"{what} supports {' and '.join(drivers)}, not {driver_given!r}",
+                                 setting="driver", value=driver_given,
+                                 fix=f"use driver={drivers[0]!r} (the default) or leave it out")
     overrides, engine_kwargs = split_settings(kwargs)
     for hook in ("creator", "async_creator"):
         if engine_kwargs.get(hook) is not None:
             raise ConfigurationError(f"{hook}= was given, but lakebase opens the engine's connections itself",
                                      setting=hook, fix=f"remove {hook}=; use connect_args= for driver options")
     connect_args = dict(engine_kwargs.pop("connect_args", None) or {})
-    driver = drivers[0]
+    driver = driver_given or drivers[0]
     if url is not None:
         parsed = make_url(url)
         if parsed.get_backend_name() != "postgresql":
             raise ConfigurationError(f"{parsed.drivername!r} is not a PostgreSQL URL", setting="url",
                                      value=parsed.render_as_string(), fix="use postgresql+psycopg:// or leave "
                                      "the URL out")
-        driver = parsed.get_driver_name() if "+" in parsed.drivername else drivers[0]
+        if "+" in parsed.drivername:
+            if driver_given is not None and parsed.get_driver_name() != driver_given:
+                raise ConfigurationError(
+                    f"the URL says {parsed.get_driver_name()!r} but driver={driver_given!r} was given",
+                    setting="driver", value=driver_given, fix="give the driver once, in the URL or as driver=")
+            driver = parsed.get_driver_name()
         if driver not in drivers:
             raise ConfigurationError(
                 f"{what} supports {' and '.join(drivers)}, not {driver!r}", setting="url",
@@ -142,8 +153,11 @@ def _display_url(driver: str, settings: Settings) -> URL:
 
 def create_engine(url: str | URL | None = None, *, settings: Settings | None = None,
                   workspace_client: Any = None, credentials: CredentialCache | None = None,
-                  **kwargs: Any) -> Engine:
+                  driver: str | None = None, **kwargs: Any) -> Engine:
     """A SQLAlchemy :class:`~sqlalchemy.engine.Engine` on psycopg 3 whose connections come from lakebase.
+
+    ``driver="psycopg2"`` (or a ``postgresql+psycopg2://`` URL) uses psycopg2 instead, through
+    :mod:`lakebase.psycopg2` (the ``psycopg2`` extra), with the same tokens, retries and errors.
 
     ``create_engine()`` alone works in a Databricks App and on a laptop with ``ENDPOINT_NAME``
     (and optionally ``PGHOST``/``PGUSER``) set. ``settings``, ``workspace_client`` and
@@ -154,11 +168,18 @@ def create_engine(url: str | URL | None = None, *, settings: Settings | None = N
     as :func:`lakebase.connect` does. ``engine.connector`` (not part of SQLAlchemy) is the lakebase
     connector, for ``stats()``.
     """
-    overrides, connect_args, engine_kwargs, driver = _configure(url, kwargs, ("psycopg",), "create_engine")
+    overrides, connect_args, engine_kwargs, driver = _configure(url, kwargs, ("psycopg", "psycopg2"),
+                                                                "create_engine", driver)
     connector = get_connector(settings, workspace_client, credentials, **overrides)
+    creator: Any
+    if driver == "psycopg2":
+        from .psycopg2 import open_connection as open_psycopg2_connection
 
-    def creator() -> psycopg.Connection[Any]:
-        return open_connection(connector, **connect_args)
+        def creator() -> Any:
+            return open_psycopg2_connection(connector, **connect_args)
+    else:
+        def creator() -> psycopg.Connection[Any]:
+            return open_connection(connector, **connect_args)
 
     engine = sqlalchemy.create_engine(_display_url(driver, connector.settings), creator=creator, **engine_kwargs)
     if not engine_kwargs.get("pool_pre_ping"):
@@ -169,16 +190,16 @@ def create_engine(url: str | URL | None = None, *, settings: Settings | None = N
 
 def create_async_engine(url: str | URL | None = None, *, settings: Settings | None = None,
                         workspace_client: Any = None, credentials: CredentialCache | None = None,
-                        **kwargs: Any) -> AsyncEngine:
+                        driver: str | None = None, **kwargs: Any) -> AsyncEngine:
     """The asyncio twin of :func:`create_engine`: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`.
 
     The driver is psycopg 3 (``postgresql+psycopg://``, the default) or asyncpg
-    (``postgresql+asyncpg://``, through :mod:`lakebase.asyncpg`). Connections are opened by an
+    (``driver="asyncpg"`` or ``postgresql+asyncpg://``, through :mod:`lakebase.asyncpg`). Connections are opened by an
     ``async_creator``: the token is minted, and the target looked up, in worker threads, never on
     the event loop.
     """
     overrides, connect_args, engine_kwargs, driver = _configure(url, kwargs, ("psycopg", "asyncpg"),
-                                                                "create_async_engine")
+                                                                "create_async_engine", driver)
     connector = get_connector(settings, workspace_client, credentials, **overrides)
     if driver == "asyncpg":
         from .asyncpg import open_connection as open_asyncpg_connection

@@ -57,7 +57,7 @@ repeated (it may run more than once). What ``fn`` receives depends on the target
 target                                                ``fn`` receives
 ====================================================  ==============================================
 ``lakebase.ConnectionPool`` / psycopg_pool pool        a psycopg ``Connection``
-a function returning a new psycopg connection          that connection (closed afterwards)
+a function opening a psycopg or psycopg2 connection    that connection (closed afterwards)
 SQLAlchemy ``Engine`` / ``sessionmaker``               a SQLAlchemy ``Connection`` / ``Session``
 *async:* ``AsyncConnectionPool``, ``AsyncEngine``,      a psycopg ``AsyncConnection``, SQLAlchemy
 ``async_sessionmaker``, an asyncpg pool, a coroutine    ``AsyncConnection`` / ``AsyncSession``, an
@@ -77,7 +77,7 @@ from typing import Any, TypeVar
 from ._targets import ConnectionKind, connection_kind, target_kind
 from ._targets import short as _short
 from ._telemetry import event
-from .diagnosis import LOST_CONNECTION_ERRORS, SQLSTATES, connection_lost
+from .diagnosis import LOST_CONNECTION_ERRORS, SQLSTATES, connection_lost, sqlstate_of
 from .errors import LakebaseError
 from .retry import Backoff, Deadline
 
@@ -129,8 +129,7 @@ def _driver_error(exc: BaseException) -> BaseException:
 
 
 def sqlstate(exc: BaseException) -> str | None:
-    state = getattr(_driver_error(exc), "sqlstate", None)
-    return state if isinstance(state, str) and len(state) == 5 else None
+    return sqlstate_of(_driver_error(exc))
 
 
 def retry_reason(exc: BaseException, connection_broken: bool = False) -> tuple[str, bool] | None:
@@ -162,11 +161,14 @@ def retry_reason(exc: BaseException, connection_broken: bool = False) -> tuple[s
     return None
 
 
+_DRIVER_PACKAGES = ("psycopg", "psycopg2", "asyncpg", "sqlalchemy")
+
+
 def _from_driver(exc: BaseException) -> bool:
     """Raised by a database driver (or SQLAlchemy, or the network), not by the caller's code?"""
     if isinstance(exc, OSError):
         return True
-    return any(cls.__module__.split(".")[0] in ("psycopg", "asyncpg", "sqlalchemy") for cls in type(exc).__mro__)
+    return any(cls.__module__.split(".")[0] in _DRIVER_PACKAGES for cls in type(exc).__mro__)
 
 
 def _broken(conn: Any) -> bool:
