@@ -83,8 +83,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 
 @pytest.fixture
-def user_env(emulator: Emulator, lakebase_env: dict[str, str]) -> dict[str, str]:
-    """The process environment of the project owner working on a laptop (PAT)."""
+def user_env(emulator: Emulator, clean_env: pytest.MonkeyPatch, lakebase_env: dict[str, str]) -> dict[str, str]:
+    """The process environment of the project owner working on a laptop (PAT); set after clean_env's
+    clearing (a test that asks for both gets the owner's)."""
     return lakebase_env
 
 
