@@ -63,6 +63,7 @@ class Emulator:
         self._proxy: Proxy | None = None
         self._stopped = threading.Event()
         self._api_runner: Any = None
+        self._expiry: asyncio.Task[None] | None = None  # deletes branches when they expire
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Emulator:
@@ -116,6 +117,7 @@ class Emulator:
             rt.pg_port = await self._proxy.start(self.host, self._pg_port)
             self._api_runner, api_port = await start_api(rt, self.host, self._api_port)
             rt.api_url = f"http://{self.host}:{api_port}"
+            self._expiry = asyncio.create_task(rt.expire_branches_forever())
             ready.set_result(None)
         except BaseException as exc:
             if not ready.done():
@@ -128,6 +130,11 @@ class Emulator:
     async def _teardown(self, rt: Runtime | None) -> None:
         if rt is None:
             return
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
         proxy, self._proxy = self._proxy, None
         if proxy is not None:
             await proxy.close()
@@ -136,6 +143,7 @@ class Emulator:
         await rt.close_admin()
         if rt.replica is not None:
             await rt.replica.close()
+        await rt.branches.close()
         rt.pg.close()
 
     def stop(self) -> None:

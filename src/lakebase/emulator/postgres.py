@@ -275,6 +275,9 @@ class PostgresServer:
             )
         self._wait_ready(timeout)
 
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pidfile = self.pgdata / "postmaster.pid"

@@ -257,7 +257,7 @@ class Proxy:
         if mtype != b"p":
             raise wire.ProtocolError(f"expected password response, got message type {mtype!r}")
         token = wire.parse_password(await reader.readexactly(length))
-        await self._authenticate(role, token)
+        await self._authenticate(role, token, endpoint)
 
         if self.rt.config.latency_ms:
             await asyncio.sleep(self.rt.config.latency_ms / 1000)
@@ -277,18 +277,23 @@ class Proxy:
             return await self.rt.backend(endpoint)
         except Exception as exc:
             log.error("no server for endpoint %s: %s", endpoint.name, exc)
+            if not endpoint.read_only:  # a branch's cluster
+                raise LoginRefused("57P03", f"the compute of branch '{endpoint.parent}' could not start",
+                                   "backend_unavailable",
+                                   hint="The emulator's log and branches/<branch_id>/postgres.log in its "
+                                        "data directory say why.") from None
             raise LoginRefused("57P03", "the read replica of this read-only endpoint could not start",
                                "backend_unavailable",
                                hint="The emulator's log and postgres-replica.log in its data directory say why."
                                ) from None
 
-    async def _authenticate(self, role: str, token: str) -> None:
+    async def _authenticate(self, role: str, token: str, endpoint: Endpoint | None = None) -> None:
         try:
             claims = self.rt.tokens.verify(token, DATABASE_AUDIENCE)
         except InvalidToken as exc:
             raise LoginRefused("28P01", DECODE_FAILED.format(role=role), "invalid_token",
                                detail=f"lakebase emulator: {exc.reason}.") from None
-        info = await self.rt.role_info(role)
+        info = await self.rt.role_info(role, endpoint=endpoint)  # on the endpoint's branch
         if info is None:
             raise LoginRefused("28000", f'role "{role}" does not exist', "no_role",
                                hint="Create it as the project owner: "

@@ -15,10 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .branches import BranchClusters
 from .faults import ApiHang, ConfigError, CredentialOutage, EmulatorConfig, Stats
 from .postgres import SUPERUSER, PostgresServer
 from .replica import DROP_SLOT_SQL, SLOT, Replica
-from .state import DEFAULT_DATABASE, IDLE, READ_ONLY, Endpoint, Identity, Workspace
+from .state import (
+    DEFAULT_BRANCH,
+    DEFAULT_DATABASE,
+    IDLE,
+    PRIMARY_ENDPOINT,
+    READ_ONLY,
+    READ_WRITE,
+    Branch,
+    Endpoint,
+    Identity,
+    Workspace,
+)
 from .tls import ensure_certificates, server_context
 from .tokens import DATABASE_AUDIENCE, Claims, TokenAuthority
 
@@ -28,6 +40,7 @@ SUPERUSER_GROUP = "databricks_superuser"
 EXTENSION_SOURCE = Path(__file__).with_name("pg_extension")
 ROLE_ID_SETTING = "databricks_auth.role_id"  # a role-level setting: the role_id chosen at creation
 TERMINATE_WAIT_MS = 5000  # how long ending a session may wait for its backend to exit and its client to be told
+BRANCH_EXPIRY_INTERVAL = 0.25  # seconds between looks for expired branches
 
 
 @dataclass(frozen=True)
@@ -85,9 +98,11 @@ class Runtime:
         # The hot standby behind read-only endpoints: made when one first needs it (ensure_replica).
         self.replica: Replica | None = None
         self.replica_pgdata = data_dir / "pgdata-replica"
+        # The clusters of the other branches (branches.py), started when their endpoints get a login.
+        self.branches = BranchClusters(data_dir / "branches", self.pg)
         self.proxy: SessionControl | None = None  # the proxy, set by Emulator once it listens
         self._admin: Any = None
-        self._role_cache: dict[str, tuple[float, RoleInfo]] = {}
+        self._role_cache: dict[tuple[str, str], tuple[float, RoleInfo]] = {}  # by (branch, role)
         self._restart_until = 0.0
         # Bumped by every restart and suspend: a login that was past its wait when one happened is
         # ended as soon as it is handed off (it would otherwise escape the fault).
@@ -102,7 +117,9 @@ class Runtime:
         self.write_identities_file()
 
     def write_identities_file(self) -> None:
-        self.pg.write_identities(self.workspace.identities_file_content())
+        content = self.workspace.identities_file_content()
+        self.pg.write_identities(content)
+        self.branches.write_identities(content)
 
     # ---- admin SQL (superuser over the Unix socket) --------------------------------------------
     async def open_admin(self) -> None:
@@ -179,7 +196,10 @@ class Runtime:
         return self.replica.start()
 
     async def backend(self, endpoint: Endpoint) -> PostgresServer:
-        """The server an endpoint's sessions run on: the primary, or the replica for read-only ones."""
+        """The server an endpoint's sessions run on: the primary, the replica for read-only ones, or the
+        cluster of the endpoint's branch (started on its first login)."""
+        if endpoint.branch_id != DEFAULT_BRANCH:
+            return await self.branches.ready(endpoint.branch_id)
         if not endpoint.read_only:
             return self.pg
         self.ensure_replica()
@@ -204,24 +224,28 @@ class Runtime:
                pg_has_role(r.oid, '""" + SUPERUSER_GROUP + """', 'MEMBER')
           FROM pg_roles r"""
 
-    async def role_info(self, role: str, cached: bool = True) -> RoleInfo | None:
+    async def role_info(self, role: str, cached: bool = True, endpoint: Endpoint | None = None) -> RoleInfo | None:
+        """The role on the branch of ``endpoint`` (default: the default branch)."""
+        branch = DEFAULT_BRANCH if endpoint is None else endpoint.branch_id
+        server = None if branch == DEFAULT_BRANCH else await self.branches.ready(branch)
         now = time.monotonic()
-        hit = self._role_cache.get(role)
+        hit = self._role_cache.get((branch, role))
         if cached and hit and now - hit[0] < 2.0:
             return hit[1]
-        rows = await self.admin_query(self._ROLE_SQL + " WHERE r.rolname = %s", (role,))
+        rows = await self.admin_query(self._ROLE_SQL + " WHERE r.rolname = %s", (role,), server=server)
         if not rows:
-            self._role_cache.pop(role, None)
+            self._role_cache.pop((branch, role), None)
             return None
         name, can_login, itype, member = rows[0]
         info = RoleInfo(name, bool(can_login), itype, bool(member))
         if itype:
-            self._role_cache[role] = (now, info)
+            self._role_cache[(branch, role)] = (now, info)
         return info
 
-    async def list_roles(self) -> list[RoleInfo]:
+    async def list_roles(self, server: PostgresServer | None = None) -> list[RoleInfo]:
         rows = await self.admin_query(
-            self._ROLE_SQL + " WHERE r.rolname !~ '^pg_' AND r.rolname <> %s ORDER BY r.rolname", (SUPERUSER,)
+            self._ROLE_SQL + " WHERE r.rolname !~ '^pg_' AND r.rolname <> %s ORDER BY r.rolname", (SUPERUSER,),
+            server=server,
         )
         return [RoleInfo(n, bool(c), t, bool(m)) for n, c, t, m in rows]
 
@@ -233,11 +257,12 @@ class Runtime:
                    AND c LIKE '""" + ROLE_ID_SETTING + """=%%' LIMIT 1)
           FROM pg_roles r"""
 
-    async def role_attributes(self) -> dict[str, RoleAttributes]:
+    async def role_attributes(self, server: PostgresServer | None = None) -> dict[str, RoleAttributes]:
         """Every role's attributes, by role name."""
+        rows = await self.admin_query(self._ROLE_EXTRAS_SQL, server=server)
         return {
             name: RoleAttributes(bool(createdb), bool(createrole), bool(bypassrls), role_id)
-            for name, createdb, createrole, bypassrls, role_id in await self.admin_query(self._ROLE_EXTRAS_SQL)
+            for name, createdb, createrole, bypassrls, role_id in rows
         }
 
     async def set_role_id(self, role: str, role_id: str) -> None:
@@ -250,13 +275,13 @@ class Runtime:
             ).as_string()
         )
 
-    async def list_databases(self) -> list[tuple[str, str]]:
+    async def list_databases(self, server: PostgresServer | None = None) -> list[tuple[str, str]]:
         """(name, owner) of the user databases."""
         return [
             (n, o)
             for n, o in await self.admin_query(
                 "SELECT d.datname, pg_get_userbyid(d.datdba) FROM pg_database d "
-                "WHERE NOT d.datistemplate AND d.datname <> 'postgres' ORDER BY 1"
+                "WHERE NOT d.datistemplate AND d.datname <> 'postgres' ORDER BY 1", server=server
             )
         ]
 
@@ -314,6 +339,58 @@ class Runtime:
             ws.save()
         self.ensure_replica()
         return ws.endpoints[endpoint_id]
+
+    # ---- branches ------------------------------------------------------------------------------
+    async def branch_server(self, branch_id: str) -> PostgresServer:
+        """The (started) server of a branch: the primary for the default branch."""
+        return self.pg if branch_id == DEFAULT_BRANCH else await self.branches.ready(branch_id)
+
+    async def create_branch(self, branch: Branch) -> Branch:
+        """Copy the source branch into the (registered, INIT) ``branch`` and give it its read-write
+        endpoint ``primary``; on failure the branch is unregistered again."""
+        ws = self.workspace
+        try:
+            source = await self.branch_server(branch.source_branch)
+            branch.source_branch_lsn = await self.branches.copy(branch.branch_id, source)
+        except BaseException:
+            if ws.branches.get(branch.branch_id) is branch:
+                del ws.branches[branch.branch_id]
+            raise
+        if ws.branches.get(branch.branch_id) is not branch:  # deleted while being copied
+            await self.branches.remove(branch.branch_id)
+            raise RuntimeError(f"branch '{branch.name}' was deleted while it was being created")
+        branch.state = "READY"
+        ws.add_endpoint(PRIMARY_ENDPOINT, READ_WRITE, branch.branch_id)
+        ws.save()
+        return branch
+
+    async def delete_branch(self, branch: Branch, reason: str = "branch deleted") -> None:
+        """Unregister the branch and its endpoints, end their sessions, stop its cluster and free
+        its storage."""
+        ws = self.workspace
+        ws.branches.pop(branch.branch_id, None)
+        endpoints = ws.branch_endpoints(branch.branch_id)
+        for ep in endpoints:
+            ws.remove_endpoint(ep)
+        ws.save()
+        for ep in endpoints:
+            await self.terminate_sessions(ep, reason)
+        for key in [k for k in self._role_cache if k[0] == branch.branch_id]:
+            del self._role_cache[key]
+        await self.branches.remove(branch.branch_id)
+
+    async def expire_branches_forever(self) -> None:
+        """Delete each branch when its expire_time (from ``ttl`` or ``expire_time``) has come."""
+        while True:
+            await asyncio.sleep(BRANCH_EXPIRY_INTERVAL)
+            now = time.time()
+            for branch in list(self.workspace.branches.values()):
+                if branch.state == "READY" and branch.expire_time is not None and branch.expire_time <= now:
+                    try:
+                        await self.delete_branch(branch, "branch expired")
+                        log.info("branch %s expired and was deleted", branch.name)
+                    except Exception:
+                        log.exception("deleting the expired branch %s failed", branch.name)
 
     # ---- credentials ---------------------------------------------------------------------------
     def issue_credential(self, identity: Identity, ttl_seconds: float | None = None) -> tuple[str, Claims]:

@@ -86,10 +86,20 @@ class Endpoint:
     @property
     def host(self) -> str:
         """The hostname clients use; the primary is plain ``localhost`` so libpq resolves it anywhere.
-        Others are ``<endpoint_id>.localhost`` (loopback by RFC 6761; select by SNI)."""
-        if self.endpoint_id == PRIMARY_ENDPOINT and self.branch_id == DEFAULT_BRANCH:
+        Others on the default branch are ``<endpoint_id>.localhost``, those of other branches
+        ``<uid>.localhost`` (``ep-...``, unique as Lakebase's hostnames; loopback by RFC 6761; select
+        by SNI)."""
+        if self.branch_id != DEFAULT_BRANCH:
+            return f"{self.uid}.localhost"
+        if self.endpoint_id == PRIMARY_ENDPOINT:
             return "localhost"
         return f"{self.endpoint_id}.localhost"
+
+    @property
+    def key(self) -> str:
+        """Its key in ``Workspace.endpoints``: the endpoint id on the default branch (as before
+        branches existed), ``<branch_id>/<endpoint_id>`` elsewhere (every branch has a ``primary``)."""
+        return self.endpoint_id if self.branch_id == DEFAULT_BRANCH else f"{self.branch_id}/{self.endpoint_id}"
 
     def suspend_after(self, default: float | None) -> float | None:
         """Seconds without sessions after which this endpoint suspends (None: never), given the
@@ -105,6 +115,32 @@ class Endpoint:
         return data
 
 
+@dataclass
+class Branch:
+    """A branch other than the default one: a copy of its source branch's databases (its own Postgres
+    cluster, ``branches.py``) with its own read-write endpoint."""
+
+    branch_id: str
+    project_id: str
+    uid: str
+    create_time: float
+    source_branch: str  # the source's branch id
+    source_branch_lsn: str = ""  # where the copy was taken (set when the copy is done)
+    expire_time: float | None = None  # None: no expiry
+    is_protected: bool = False
+    # Runtime only (not persisted): INIT until the copy is done, then READY.
+    state: str = field(default="INIT", compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project_id}/branches/{self.branch_id}"
+
+    def persistent(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("state")
+        return data
+
+
 def _new_pat() -> str:
     return "dapi" + secrets.token_hex(16)
 
@@ -117,7 +153,8 @@ class Workspace:
     project_uid: str
     create_time: float
     identities: dict[str, Identity]
-    endpoints: dict[str, Endpoint]  # by endpoint_id
+    endpoints: dict[str, Endpoint]  # by Endpoint.key
+    branches: dict[str, Branch] = field(default_factory=dict)  # by branch id; not the default branch
 
     # ---- persistence -------------------------------------------------------------------------
     @classmethod
@@ -132,7 +169,8 @@ class Workspace:
                     project_uid=data["project_uid"],
                     create_time=float(data["create_time"]),
                     identities={i["name"]: Identity(**i) for i in data["identities"]},
-                    endpoints={e["endpoint_id"]: Endpoint(**e) for e in data["endpoints"]},
+                    endpoints={ep.key: ep for ep in (Endpoint(**e) for e in data["endpoints"])},
+                    branches={b["branch_id"]: Branch(**b, state="READY") for b in data.get("branches", [])},
                 )
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(
@@ -164,6 +202,7 @@ class Workspace:
             "create_time": self.create_time,
             "identities": [asdict(i) for i in self.identities.values()],
             "endpoints": [e.persistent() for e in self.endpoints.values()],
+            "branches": [b.persistent() for b in self.branches.values() if b.state == "READY"],
         }
         write_private(self.path, json.dumps(data, indent=2))
 
@@ -223,8 +262,14 @@ class Workspace:
             uid="ep-" + secrets.token_hex(6),
             create_time=time.time(),
         )
-        self.endpoints[endpoint_id] = ep
+        self.endpoints[ep.key] = ep
         return ep
+
+    def remove_endpoint(self, ep: Endpoint) -> None:
+        self.endpoints.pop(ep.key, None)
+
+    def branch_endpoints(self, branch_id: str) -> list[Endpoint]:
+        return [ep for ep in self.endpoints.values() if ep.branch_id == branch_id]
 
     @property
     def project_name(self) -> str:
@@ -237,7 +282,8 @@ class Workspace:
     def find_endpoint(self, key: str) -> Endpoint | None:
         """By endpoint id, full resource name, uid or host (as sent in TLS SNI)."""
         key = key.strip().lower()
-        for ep in self.endpoints.values():
+        # The default branch's first: a bare "primary" is its primary (every branch has one).
+        for ep in sorted(self.endpoints.values(), key=lambda e: e.branch_id != DEFAULT_BRANCH):
             if key in (ep.endpoint_id, ep.name, ep.uid, ep.host):
                 return ep
         if key.endswith(".localhost"):

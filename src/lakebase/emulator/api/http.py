@@ -3,9 +3,12 @@ paging, long-running operations, the app's keys and the ``@requires`` route mark
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -21,6 +24,9 @@ MAX_BODY_BYTES = 1 << 20
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_OPERATIONS = 1000
+OPERATION_WAIT = 10.0  # seconds a poll of an unfinished operation waits for it before answering
+
+log = logging.getLogger("lakebase.emulator.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -181,21 +187,52 @@ def _decode_page_token(token: str, scope: str, total: int) -> int:
 # ---- app state: keys, operations ---------------------------------------------------------------
 class Operations:
     """Long-running operations, in memory. Each is done from its first poll on: the POST answers
-    ``done: false`` (the SDK's ``.wait()`` then polls once, without sleeping)."""
+    ``done: false`` (the SDK's ``.wait()`` then polls once, without sleeping). One with work still
+    under way (``pending``, a future of its response) is done when that work is; a poll waits for it
+    up to ``OPERATION_WAIT`` seconds (``settle``), so the SDK's ``.wait()`` rarely has to sleep."""
 
     def __init__(self) -> None:
         self._ops: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
-    def start(self, parent: str, response: dict[str, Any]) -> dict[str, Any]:
+    def start(self, parent: str, response: dict[str, Any] | None = None,
+              pending: asyncio.Future[dict[str, Any]] | None = None) -> dict[str, Any]:
         name = f"{parent}/operations/{uuid.uuid4().hex}"
-        self._ops[name] = {"name": name, "metadata": {}, "response": response}
+        self._ops[name] = {"name": name, "metadata": {}, "response": response or {}}
+        if pending is not None:
+            self._pending[name] = pending
+            pending.add_done_callback(_log_failure)
         while len(self._ops) > MAX_OPERATIONS:
-            self._ops.popitem(last=False)
+            old, _ = self._ops.popitem(last=False)
+            self._pending.pop(old, None)
         return {"name": name, "done": False, "metadata": {}}
+
+    async def settle(self, name: str, timeout: float = OPERATION_WAIT) -> None:
+        """Wait (up to ``timeout``) for the operation's work, if it has some under way."""
+        fut = self._pending.get(name)
+        if fut is not None and not fut.done():
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
 
     def get(self, name: str) -> dict[str, Any] | None:
         op = self._ops.get(name)
-        return None if op is None else {**op, "done": True}
+        if op is None:
+            return None
+        fut = self._pending.get(name)
+        if fut is None:
+            return {**op, "done": True}
+        if not fut.done():
+            return {"name": name, "metadata": {}, "done": False}
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if exc is not None:
+            return {"name": name, "metadata": {}, "done": True,
+                    "error": {"error_code": "INTERNAL_ERROR", "message": str(exc) or type(exc).__name__}}
+        return {**op, "done": True, "response": fut.result()}
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("an operation failed: %s", fut.exception())
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -3,10 +3,12 @@ endpoints, roles, databases and long-running operations."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
 import re
+import secrets
 import time
 from datetime import UTC
 from typing import Any
@@ -15,8 +17,9 @@ from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ..postgres import PostgresServer
 from ..runtime import SUPERUSER_GROUP, RoleAttributes, RoleInfo, Runtime
-from ..state import CAN_MANAGE, CAN_USE, DEFAULT_BRANCH, READ_ONLY, READ_WRITE, Endpoint
+from ..state import CAN_MANAGE, CAN_USE, DEFAULT_BRANCH, READ_ONLY, READ_WRITE, Branch, Endpoint
 from ..tokens import rfc3339
 from .http import (
     OPERATIONS,
@@ -43,6 +46,8 @@ EXPIRE_TIME_GRACE = 5.0  # seconds of network latency forgiven on expire_time's 
 ID_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")  # project / branch / endpoint / database ids
 ROLE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{2,61}[a-z0-9]")  # RFC 1123, 4-63 characters
 ENDPOINT_NAME_RE = re.compile(r"projects/([^/]+)/branches/([^/]+)/endpoints/([^/]+)")
+BRANCH_NAME_RE = re.compile(r"projects/([^/]+)/branches/([^/]+)")
+MAX_BRANCH_LIFETIME = 30 * 86400.0  # Lakebase's longest branch expiration: 30 days
 IDENTITY_TYPES = ("USER", "SERVICE_PRINCIPAL", "GROUP")
 OAUTH, PASSWORD, NO_LOGIN = "LAKEBASE_OAUTH_V1", "PG_PASSWORD_SCRAM_SHA_256", "NO_LOGIN"
 SUPERUSER_MEMBERSHIP = "DATABRICKS_SUPERUSER"
@@ -129,7 +134,10 @@ def project_json(rt: Runtime) -> dict[str, Any]:
     }
 
 
-def branch_json(rt: Runtime) -> dict[str, Any]:
+def branch_json(rt: Runtime, branch: Branch | None = None) -> dict[str, Any]:
+    """The default branch (``branch`` None) or another one."""
+    if branch is not None:
+        return other_branch_json(rt, branch)
     ws = rt.workspace
     created = rfc3339(ws.create_time)
     return {
@@ -147,6 +155,37 @@ def branch_json(rt: Runtime) -> dict[str, Any]:
             "is_protected": False,
             "state_change_time": created,
         },
+    }
+
+
+def other_branch_json(rt: Runtime, branch: Branch) -> dict[str, Any]:
+    created = rfc3339(branch.create_time)
+    source = branch_name(rt, branch.source_branch)
+    lineage: dict[str, Any] = {"source_branch": source}
+    if branch.source_branch_lsn:
+        lineage["source_branch_lsn"] = branch.source_branch_lsn
+        lineage["source_branch_time"] = created  # the copy is of the source as it was at creation
+    expiry: dict[str, Any] = ({"no_expiry": True} if branch.expire_time is None
+                              else {"expire_time": rfc3339(branch.expire_time)})
+    status: dict[str, Any] = {
+        "branch_id": branch.branch_id,
+        "current_state": branch.state,
+        "default": False,
+        "is_protected": branch.is_protected,
+        "state_change_time": created,
+        **lineage,
+    }
+    if branch.expire_time is not None:
+        status["expire_time"] = rfc3339(branch.expire_time)
+    return {
+        "name": branch.name,
+        "parent": project_name(rt),
+        "branch_id": branch.branch_id,
+        "uid": branch.uid,
+        "create_time": created,
+        "update_time": created,
+        "spec": {**lineage, **expiry, "is_protected": branch.is_protected},
+        "status": status,
     }
 
 
@@ -202,8 +241,8 @@ class RoleRow:
         return PASSWORD if self.info.can_login else NO_LOGIN
 
 
-def role_json(rt: Runtime, row: RoleRow) -> dict[str, Any]:
-    parent = branch_name(rt)
+def role_json(rt: Runtime, row: RoleRow, branch: str = DEFAULT_BRANCH) -> dict[str, Any]:
+    parent = branch_name(rt, branch)
     fields: dict[str, Any] = {
         "postgres_role": row.info.name,
         "auth_method": row.auth_method,
@@ -225,8 +264,9 @@ def role_json(rt: Runtime, row: RoleRow) -> dict[str, Any]:
     }
 
 
-def database_json(rt: Runtime, name: str, owner: str, roles: dict[str, RoleRow]) -> dict[str, Any]:
-    parent = branch_name(rt)
+def database_json(rt: Runtime, name: str, owner: str, roles: dict[str, RoleRow],
+                  branch: str = DEFAULT_BRANCH) -> dict[str, Any]:
+    parent = branch_name(rt, branch)
     database_id = database_id_for(name)
     owner_row = roles.get(owner)
     owner_name = f"{parent}/roles/{owner_row.role_id if owner_row else role_id_for(owner)}"
@@ -254,14 +294,24 @@ def check_project(rt: Runtime, project: str) -> None:
 def check_branch(rt: Runtime, request: web.Request) -> str:
     project, branch = request.match_info["project"], request.match_info["branch"]
     check_project(rt, project)
-    if branch != DEFAULT_BRANCH:
-        raise not_found(f"branch 'projects/{project}/branches/{branch}' does not exist (the emulator has "
-                        f"'{branch_name(rt)}')")
+    if branch != DEFAULT_BRANCH and branch not in rt.workspace.branches:
+        raise not_found(f"branch 'projects/{project}/branches/{branch}' does not exist")
     return branch
 
 
+async def branch_server(rt: Runtime, branch: str) -> PostgresServer | None:
+    """The server whose roles and databases are the branch's (None: the primary's), started if need be."""
+    if branch == DEFAULT_BRANCH:
+        return None
+    if rt.workspace.branches[branch].state != "READY":
+        raise ApiError(400, "INVALID_STATE", f"branch '{branch_name(rt, branch)}' is still being created; "
+                       "wait for its create operation to finish")
+    return await rt.branch_server(branch)
+
+
 def find_endpoint(rt: Runtime, project: str, branch: str, endpoint_id: str) -> Endpoint | None:
-    ep = rt.workspace.endpoints.get(endpoint_id)
+    key = endpoint_id if branch == DEFAULT_BRANCH else f"{branch}/{endpoint_id}"
+    ep = rt.workspace.endpoints.get(key)
     if ep is None or ep.project_id != project or ep.branch_id != branch:
         return None
     return ep
@@ -276,10 +326,10 @@ def endpoint_from_request(rt: Runtime, request: web.Request) -> Endpoint:
     return ep
 
 
-async def role_rows(rt: Runtime) -> list[RoleRow]:
-    """The branch's roles, ordered by Postgres name."""
-    infos = await rt.list_roles()
-    attributes = await rt.role_attributes()
+async def role_rows(rt: Runtime, server: PostgresServer | None = None) -> list[RoleRow]:
+    """The branch's roles (on ``server``; default: the primary), ordered by Postgres name."""
+    infos = await rt.list_roles(server)
+    attributes = await rt.role_attributes(server)
     return [RoleRow(info, attributes.get(info.name, RoleAttributes())) for info in infos]
 
 
@@ -377,14 +427,127 @@ async def get_project(request: web.Request) -> web.Response:
 async def list_branches(request: web.Request) -> web.Response:
     rt = runtime(request)
     check_project(rt, request.match_info["project"])
-    return web.json_response(page(request, [branch_json(rt)], "branches", f"{project_name(rt)}/branches"))
+    others = sorted(rt.workspace.branches.values(), key=lambda b: (b.create_time, b.branch_id))
+    items = [branch_json(rt)] + [branch_json(rt, b) for b in others]
+    return web.json_response(page(request, items, "branches", f"{project_name(rt)}/branches"))
 
 
 @routes.get(BRANCH)
 async def get_branch(request: web.Request) -> web.Response:
     rt = runtime(request)
-    check_branch(rt, request)
-    return web.json_response(branch_json(rt))
+    branch = check_branch(rt, request)
+    return web.json_response(branch_json(rt, rt.workspace.branches.get(branch)))
+
+
+def branch_expiry(spec: dict[str, Any], now: float) -> float | None:
+    """The expire_time ``spec`` asks for (None: no expiry); exactly one of ttl, expire_time and
+    no_expiry (true) must be set, as on Lakebase."""
+    ttl = field(spec, "ttl", str, label="spec.ttl")
+    expire_time = field(spec, "expire_time", str, label="spec.expire_time")
+    no_expiry = field(spec, "no_expiry", bool, label="spec.no_expiry")
+    given = [name for name, value in (("ttl", ttl), ("expire_time", expire_time), ("no_expiry", no_expiry))
+             if value is not None]
+    if len(given) != 1:
+        raise bad_request("set exactly one of spec.ttl, spec.expire_time and spec.no_expiry (no_expiry: true "
+                          f"for a branch that never expires); got {', '.join(given) or 'none'}")
+    days = MAX_BRANCH_LIFETIME / 86400
+    if no_expiry is not None:
+        if not no_expiry:
+            raise bad_request("spec.no_expiry may only be true; to make the branch expire, set spec.ttl or "
+                              "spec.expire_time instead")
+        return None
+    if ttl is not None:
+        d = Duration()
+        try:
+            d.FromJsonString(ttl)
+        except ValueError:
+            raise bad_request(f"spec.ttl must be a duration such as \"3600s\", got {shown(ttl)}") from None
+        seconds = d.ToTimedelta().total_seconds()
+        if not 0 < seconds <= MAX_BRANCH_LIFETIME:
+            raise bad_request(f"spec.ttl must be positive and at most {days:.0f} days, got {ttl}")
+        return now + seconds
+    ts = Timestamp()
+    try:
+        ts.FromJsonString(str(expire_time))
+    except ValueError:
+        raise bad_request(f"spec.expire_time must be an RFC 3339 timestamp such as \"2030-01-01T00:00:00Z\", "
+                          f"got {shown(expire_time)}") from None
+    at = ts.ToDatetime(tzinfo=UTC).timestamp()
+    if not now < at <= now + MAX_BRANCH_LIFETIME:
+        raise bad_request(f"spec.expire_time must be in the future and at most {days:.0f} days from now, "
+                          f"got {expire_time}")
+    return at
+
+
+@routes.post(PG + "/projects/{project}/branches")
+@requires(CAN_MANAGE, "create a branch")
+async def create_branch(request: web.Request) -> web.Response:
+    """``w.postgres.create_branch``: a copy of the source branch (default: the default branch) as it is
+    now, with its own read-write endpoint ``primary``. The operation is done when the copy is."""
+    rt = runtime(request)
+    ws = rt.workspace
+    project = request.match_info["project"]
+    check_project(rt, project)
+    branch_id = request.query.get("branch_id", "")
+    if not ID_RE.fullmatch(branch_id):
+        raise bad_request("branch_id (a query parameter) must be 1-63 characters: a lowercase letter, then "
+                          f"lowercase letters, digits and hyphens; got {shown(branch_id)}")
+    if request.query.get("replace_existing", "").lower() == "true":
+        raise ApiError(501, "NOT_IMPLEMENTED", "replace_existing is not supported by the Lakebase emulator")
+    spec = field(await read_json(request), "spec", dict, required=True)
+    if branch_id == DEFAULT_BRANCH or branch_id in ws.branches:
+        raise already_exists(f"branch '{branch_name(rt, branch_id)}' already exists")
+    for key in ("source_branch_lsn", "source_branch_time", "source_snapshot"):
+        if spec.get(key) is not None:
+            raise ApiError(501, "NOT_IMPLEMENTED", f"spec.{key} is not emulated: the Lakebase emulator branches "
+                           "from the source branch's current state only; leave it out")
+    source_name = field(spec, "source_branch", str, label="spec.source_branch") or branch_name(rt)
+    match = BRANCH_NAME_RE.fullmatch(source_name)
+    if match is None:
+        raise bad_request("spec.source_branch must be a branch resource name, projects/{project_id}/branches/"
+                          f"{{branch_id}}, got {shown(source_name)}")
+    source_project, source = match.groups()
+    if source_project != project or (source != DEFAULT_BRANCH and source not in ws.branches):
+        raise not_found(f"branch '{source_name}' does not exist")
+    if source != DEFAULT_BRANCH and ws.branches[source].state != "READY":
+        raise ApiError(400, "INVALID_STATE", f"branch '{source_name}' is still being created; wait for its "
+                       "create operation to finish before branching from it")
+    now = time.time()
+    expire_time = branch_expiry(spec, now)
+    is_protected = bool(field(spec, "is_protected", bool, label="spec.is_protected"))
+    if is_protected and expire_time is not None:
+        raise bad_request("a protected branch (spec.is_protected) cannot expire: set spec.no_expiry instead of "
+                          "spec.ttl or spec.expire_time")
+    branch = Branch(branch_id=branch_id, project_id=ws.project_id, uid="br-" + secrets.token_hex(6),
+                    create_time=now, source_branch=source, expire_time=expire_time, is_protected=is_protected)
+    ws.branches[branch_id] = branch  # INIT until the copy is done
+
+    async def make() -> dict[str, Any]:
+        return branch_json(rt, await rt.create_branch(branch))
+
+    log.info("creating branch %s from %s", branch.name, source_name)
+    operation = request.app[OPERATIONS].start(project_name(rt), pending=asyncio.ensure_future(make()))
+    return web.json_response(operation)
+
+
+@routes.delete(BRANCH)
+@requires(CAN_MANAGE, "delete a branch")
+async def delete_branch(request: web.Request) -> web.Response:
+    """``w.postgres.delete_branch``: its sessions end (57P01), its cluster stops and its storage is freed
+    before the operation is answered. The emulator keeps no soft-deleted branches (``purge`` is moot)."""
+    rt = runtime(request)
+    branch_id = check_branch(rt, request)
+    name = branch_name(rt, branch_id)
+    if branch_id == DEFAULT_BRANCH:
+        raise ApiError(400, "INVALID_STATE", f"branch '{name}' is the project's default branch and cannot be "
+                       "deleted")
+    branch = rt.workspace.branches[branch_id]
+    if branch.is_protected:
+        raise ApiError(400, "INVALID_STATE", f"branch '{name}' is protected and cannot be deleted; clear "
+                       "spec.is_protected first")
+    await rt.delete_branch(branch)
+    log.info("deleted branch %s", name)
+    return web.json_response(request.app[OPERATIONS].start(project_name(rt), {}))
 
 
 @routes.get(BRANCH + "/endpoints")
@@ -429,8 +592,11 @@ async def create_endpoint(request: web.Request) -> web.Response:
     if endpoint_type == READ_WRITE:
         raise already_exists(f"branch '{branch_name(rt, branch)}' already has its read-write endpoint "
                              f"(a branch has exactly one); create an {READ_ONLY} endpoint instead")
-    if endpoint_id in ws.endpoints:
+    if find_endpoint(rt, ws.project_id, branch, endpoint_id) is not None:
         raise already_exists(f"endpoint '{branch_name(rt, branch)}/endpoints/{endpoint_id}' already exists")
+    if branch != DEFAULT_BRANCH:
+        raise ApiError(501, "NOT_IMPLEMENTED", f"read-only endpoints are emulated on the default branch only "
+                       f"('{branch_name(rt)}'), not on '{branch_name(rt, branch)}'")
     low = compute_units(spec, "autoscaling_limit_min_cu", ws.primary.autoscaling_limit_min_cu)
     high = compute_units(spec, "autoscaling_limit_max_cu", max(low, ws.primary.autoscaling_limit_max_cu))
     if low > high:
@@ -453,7 +619,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     if not ep.read_only:
         raise bad_request(f"'{ep.name}' is the branch's read-write endpoint; the emulator only deletes "
                           "read-only endpoints")
-    del rt.workspace.endpoints[ep.endpoint_id]
+    rt.workspace.remove_endpoint(ep)
     rt.workspace.save()
     await rt.terminate_sessions(ep, "delete")
     log.info("deleted read-only endpoint %s", ep.name)
@@ -542,7 +708,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
 async def list_roles(request: web.Request) -> web.Response:
     rt = runtime(request)
     branch = check_branch(rt, request)
-    items = [role_json(rt, row) for row in await role_rows(rt)]
+    items = [role_json(rt, row, branch) for row in await role_rows(rt, await branch_server(rt, branch))]
     return web.json_response(page(request, items, "roles", f"{branch_name(rt, branch)}/roles"))
 
 
@@ -551,9 +717,9 @@ async def get_role(request: web.Request) -> web.Response:
     rt = runtime(request)
     branch = check_branch(rt, request)
     role_id = request.match_info["role"]
-    for row in await role_rows(rt):
+    for row in await role_rows(rt, await branch_server(rt, branch)):
         if row.role_id == role_id:
-            return web.json_response(role_json(rt, row))
+            return web.json_response(role_json(rt, row, branch))
     raise not_found(f"role '{branch_name(rt, branch)}/roles/{role_id}' does not exist")
 
 
@@ -606,6 +772,10 @@ def role_spec(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
 async def create_role(request: web.Request) -> web.Response:
     rt = runtime(request)
     branch = check_branch(rt, request)
+    if branch != DEFAULT_BRANCH:
+        raise ApiError(501, "NOT_IMPLEMENTED", f"the roles API creates roles on the default branch only "
+                       f"('{branch_name(rt)}'); on '{branch_name(rt, branch)}' use SQL: "
+                       "SELECT databricks_create_role(...)")
     role_id = request.query.get("role_id") or None
     if role_id is not None and not ROLE_ID_RE.fullmatch(role_id):
         raise bad_request("role_id (a query parameter) must be 4-63 characters: lowercase letters, digits "
@@ -637,8 +807,9 @@ async def create_role(request: web.Request) -> web.Response:
 async def list_databases(request: web.Request) -> web.Response:
     rt = runtime(request)
     branch = check_branch(rt, request)
-    roles = {row.info.name: row for row in await role_rows(rt)}
-    items = [database_json(rt, name, owner, roles) for name, owner in await rt.list_databases()]
+    server = await branch_server(rt, branch)
+    roles = {row.info.name: row for row in await role_rows(rt, server)}
+    items = [database_json(rt, name, owner, roles, branch) for name, owner in await rt.list_databases(server)]
     return web.json_response(page(request, items, "databases", f"{branch_name(rt, branch)}/databases"))
 
 
@@ -647,10 +818,11 @@ async def get_database(request: web.Request) -> web.Response:
     rt = runtime(request)
     branch = check_branch(rt, request)
     database_id = request.match_info["database"]
-    for name, owner in await rt.list_databases():
+    server = await branch_server(rt, branch)
+    for name, owner in await rt.list_databases(server):
         if database_id_for(name) == database_id:
-            roles = {row.info.name: row for row in await role_rows(rt)}
-            return web.json_response(database_json(rt, name, owner, roles))
+            roles = {row.info.name: row for row in await role_rows(rt, server)}
+            return web.json_response(database_json(rt, name, owner, roles, branch))
     raise not_found(f"database '{branch_name(rt, branch)}/databases/{database_id}' does not exist")
 
 
@@ -659,7 +831,21 @@ async def get_operation(request: web.Request) -> web.Response:
     rt = runtime(request)
     branch = check_branch(rt, request)
     name = f"{branch_name(rt, branch)}/operations/{request.match_info['operation']}"
-    operation = request.app[OPERATIONS].get(name)
+    return await operation_response(request, name)
+
+
+@routes.get(PG + "/projects/{project}/operations/{operation}")
+async def get_project_operation(request: web.Request) -> web.Response:
+    """The operations of branch creation and deletion."""
+    rt = runtime(request)
+    check_project(rt, request.match_info["project"])
+    return await operation_response(request, f"{project_name(rt)}/operations/{request.match_info['operation']}")
+
+
+async def operation_response(request: web.Request, name: str) -> web.Response:
+    operations = request.app[OPERATIONS]
+    await operations.settle(name)
+    operation = operations.get(name)
     if operation is None:
         raise not_found(f"operation '{name}' does not exist")
     return web.json_response(operation)
