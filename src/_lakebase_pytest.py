@@ -91,14 +91,15 @@ def pytest_configure(config: pytest.Config) -> None:
             f"(and the Databricks auth of the workspace, e.g. DATABRICKS_HOST and DATABRICKS_TOKEN)")
 
 
-def clear_env(monkeypatch: pytest.MonkeyPatch, config_file: str | Path = NO_CONFIG_FILE) -> None:
+def clear_env(monkeypatch: pytest.MonkeyPatch, config_file: str | Path | None = NO_CONFIG_FILE) -> None:
     """Remove every ``DATABRICKS_*``, ``PG*``, ``LAKEBASE_*`` and ``ENDPOINT_NAME`` variable (undone by
-    ``monkeypatch``) and point the SDK at a config file that does not exist: a developer's
-    ``~/.databrickscfg`` must not leak in."""
+    ``monkeypatch``) and point the SDK at ``config_file``, by default one that does not exist: a
+    developer's ``~/.databrickscfg`` must not leak in (None: the SDK's default file)."""
     for key in list(os.environ):
         if key.startswith(ENV_PREFIXES) or key in ENV_NAMES:
             monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(config_file))
+    if config_file is not None:
+        monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(config_file))
 
 
 # ---- where the tests run: the emulator, or a real workspace ------------------------------------------
@@ -300,7 +301,8 @@ def lakebase_env(request: pytest.FixtureRequest, _lakebase_target: Target,
         pytest.fail("a test can use lakebase_env or lakebase_app_env, not both: they set the same variables to "
                     "different identities", pytrace=False)
     env = _lakebase_target.owner_env(_test_branch(request, _lakebase_target))
-    clear_env(monkeypatch, env.get("DATABRICKS_CONFIG_FILE", NO_CONFIG_FILE))
+    # On a real workspace the auth may come from a profile of ~/.databrickscfg: left as it is.
+    clear_env(monkeypatch, None if _lakebase_target.is_workspace else NO_CONFIG_FILE)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

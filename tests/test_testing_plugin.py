@@ -183,10 +183,10 @@ def readme_example() -> str:
 def test_the_readme_example_passes(inner: pytest.Pytester, emulator: Emulator, app_role: str,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAKEBASE_EMULATOR_DIR", str(emulator.data_dir))
-    inner.makepyfile(test_readme=readme_example())
+    example = readme_example()
+    inner.makepyfile(test_readme=example)
     result = inner.runpytest(*PLUGIN, "-p", "no:cacheprovider")
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) >= 5 and not outcomes.get("failed") and not outcomes.get("errors"), outcomes
+    result.assert_outcomes(passed=example.count("\ndef test_"))
 
 
 XDIST_INNER = '''
