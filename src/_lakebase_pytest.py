@@ -296,7 +296,9 @@ def lakebase_env(request: pytest.FixtureRequest, _lakebase_target: Target,
     """The project owner's environment (PAT) for this test: ``DATABRICKS_HOST``, ``DATABRICKS_TOKEN``,
     ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGSSLMODE``, ``ENDPOINT_NAME``, ...; on the test's branch if
     it uses one. Every other Lakebase, Databricks and libpq variable is removed; all is restored after
-    the test. Returns the variables set."""
+    the test. Returns the variables set. On a real workspace: the environment's Databricks auth and
+    libpq options, pointed at the test's branch, else at a branch made for the session (never at the
+    project's main branch)."""
     if "lakebase_app_env" in request.fixturenames:
         pytest.fail("a test can use lakebase_env or lakebase_app_env, not both: they set the same variables to "
                     "different identities", pytrace=False)
