@@ -21,7 +21,6 @@ from databricks.sdk.service.postgres import Endpoint, EndpointSpec, EndpointType
 
 from lakebase import connector
 from lakebase.emulator import EmulatorProcess
-from lakebase.testing import clear_env as clear_all_env
 
 from .lakebase_support import pat_client
 
@@ -54,6 +53,10 @@ INSERT INTO notes (content) VALUES
 
 
 def clear_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path | None = None) -> None:
+    # Imported here: importing the plugin before pytest_plugins registers it would keep pytest from
+    # rewriting its asserts (a warning).
+    from lakebase.testing import clear_env as clear_all_env
+
     # A developer's ~/.databrickscfg must not leak into tests.
     clear_all_env(monkeypatch, (tmp_path or Path("/nonexistent")) / "no-databrickscfg")
 

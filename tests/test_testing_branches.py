@@ -22,6 +22,7 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     for key in list(os.environ):
         if key.startswith(("DATABRICKS_", "PG", "LAKEBASE_")) or key == "ENDPOINT_NAME":
             monkeypatch.delenv(key)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")  # as this suite's
     return pytester
 
 
