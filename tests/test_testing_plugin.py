@@ -59,15 +59,30 @@ def test_the_entry_point_is_declared_in_the_installed_metadata() -> None:
     assert points[0].load() is lakebase.testing
 
 
-def test_nothing_starts_unless_a_fixture_is_used(inner: pytest.Pytester) -> None:
+def declared_entry_points() -> dict[str, str]:
+    import tomllib
+
+    return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["pytest11"])
+
+
+def test_nothing_starts_unless_a_fixture_is_used(inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest loads the plugin through the declared entry point (a stand-in distribution declares it
+    here, so the test does not depend on how lakebase was installed) and imports nothing heavy."""
+    dist = inner.path / "site" / "lakebase_entry_point_probe-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lakebase-entry-point-probe\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(
+        "[pytest11]\n" + "".join(f"{name} = {value}\n" for name, value in declared_entry_points().items()))
     inner.makepyfile(test_plain="""
         import sys
 
-        def test_plain():
-            loaded = [m for m in ("lakebase.emulator", "psycopg", "databricks.sdk") if m in sys.modules]
+        def test_plain(request):
+            assert request.config.pluginmanager.get_plugin("lakebase.testing") is not None
+            loaded = [m for m in ("lakebase", "psycopg", "databricks.sdk") if m in sys.modules]
             assert not loaded, loaded
     """)
-    result = inner.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(inner.path / "site"), str(ROOT / "src")]))
+    result = inner.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not list(inner.path.rglob("lakebase-emulator*")), "an emulator directory was made"
 
