@@ -24,8 +24,9 @@ from the environment) and make every branch with a TTL (``LAKEBASE_TEST_BRANCH_T
 This module is the plugin's entry point rather than ``lakebase/testing.py`` itself because importing
 the ``lakebase`` package loads psycopg and the Databricks SDK (seconds): every pytest run in an
 environment that has the extra loads the plugin, and must not pay for that. ``lakebase.testing`` is
-this same module object (``import lakebase.testing``, ``-p lakebase.testing`` work); at import it needs
-pytest and the standard library only, everything else is imported by the fixture that uses it.
+this same module object (``import lakebase.testing``, ``-p lakebase.testing`` work, but import the package;
+the entry point does not); at import it needs pytest and the standard library only, everything else is
+imported by the fixture that uses it.
 """
 
 from __future__ import annotations
