@@ -43,8 +43,10 @@ TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP
 
 # Django's native pool (psycopg_pool) per gunicorn worker, shared by its threads: connections go back to it
 # after each request, and every new one logs in with a fresh token from the process's credential cache.
+# conn_health_checks=False: the pool's default check (lakebase's check_liveness) already replaces a session
+# the server ended (restart, scale to zero) without a round trip; True would add a SELECT 1 per checkout.
 DATABASES = {
-    "default": lakebase.django.database_config(pool={
+    "default": lakebase.django.database_config(conn_health_checks=False, pool={
         "min_size": 1,
         "max_size": int(os.environ.get("NOTES_POOL_MAX_SIZE", "8")),
         "timeout": float(os.environ.get("NOTES_POOL_TIMEOUT", "15")),
