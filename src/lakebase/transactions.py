@@ -58,6 +58,7 @@ target                                                ``fn`` receives
 ====================================================  ==============================================
 ``lakebase.ConnectionPool`` / psycopg_pool pool        a psycopg ``Connection``
 a function returning a new psycopg connection          that connection (closed afterwards)
+a Django connection (``connections[alias]``)          that connection, in ``transaction.atomic()``
 SQLAlchemy ``Engine`` / ``sessionmaker``               a SQLAlchemy ``Connection`` / ``Session``
 *async:* ``AsyncConnectionPool``, ``AsyncEngine``,      a psycopg ``AsyncConnection``, SQLAlchemy
 ``async_sessionmaker``, an asyncpg pool, a coroutine    ``AsyncConnection`` / ``AsyncSession``, an
