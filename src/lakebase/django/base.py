@@ -30,8 +30,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core import checks
-from django.core.exceptions import ImproperlyConfigured as DjangoImproperlyConfigured
+from .._extras import requires_extra
+
+with requires_extra("django", __name__):
+    import django  # noqa: F401 - first, so that a missing Django is named as such
+    from django.core import checks
+    from django.core.exceptions import ImproperlyConfigured as DjangoImproperlyConfigured
 
 try:
     import psycopg
