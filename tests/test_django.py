@@ -379,3 +379,15 @@ def test_dbshell_runs_psql_with_a_fresh_token_kept_out_of_sight(app: None, emula
     assert not any(k.startswith("DATABRICKS_") for k in seen["env"])  # no workspace credentials for psql
     assert seen["mode"] == 0o600 and seen["dir_mode"] == 0o700
     assert not seen["path"].exists()  # removed afterwards
+
+
+def test_run_transaction_read_only_on_a_connection_the_health_check_replaces(app: None, emulator: Any) -> None:
+    """A persistent connection the server ended is replaced by Django's health check: READ ONLY must go
+    with the BEGIN of the new one, not be set on the old one."""
+    from lakebase.django import run_transaction
+
+    assert request("persistent") == emulator.app.name
+    with ending_sessions(emulator):
+        shown = run_transaction(lambda: query("persistent", "SHOW transaction_read_only"), using="persistent",
+                                read_only=True)
+    assert shown == "on"

@@ -249,6 +249,7 @@ def _django_begin(wrapper: Any, isolation: str | None, read_only: bool) -> Itera
 
     settings: Any = contextlib.nullcontext()
     if isolation or read_only:
+        wrapper.close_if_health_check_failed()  # now, not in atomic(): the settings go on the connection used
         wrapper.ensure_connection()
         settings = _psycopg_settings(wrapper.connection, isolation, read_only)
     with settings:

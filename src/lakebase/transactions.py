@@ -75,7 +75,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from ._targets import ConnectionKind, connection_kind, is_instance, target_kind
+from ._targets import ConnectionKind, connection_kind, target_kind
 from ._targets import short as _short
 from ._telemetry import event
 from .diagnosis import LOST_CONNECTION_ERRORS, SQLSTATES, connection_lost
@@ -169,8 +169,7 @@ def _from_driver(exc: BaseException) -> bool:
     """Raised by a database driver (or SQLAlchemy, or the network), not by the caller's code?"""
     if isinstance(exc, OSError):
         return True
-    return any(cls.__module__.split(".")[0] in ("psycopg", "asyncpg", "sqlalchemy")
-               or cls.__module__ == "django.db.utils" for cls in type(exc).__mro__)
+    return any(cls.__module__.split(".")[0] in ("psycopg", "asyncpg", "sqlalchemy") for cls in type(exc).__mro__)
 
 
 def _broken(conn: Any) -> bool:
@@ -178,10 +177,6 @@ def _broken(conn: Any) -> bool:
     try:
         if getattr(conn, "invalidated", False):  # SQLAlchemy (Async)Connection
             return True
-        if is_instance(conn, "django.db.backends.base.base", "BaseDatabaseWrapper"):  # Django: its driver's
-            conn = conn.connection
-            if conn is None:  # closed by Django (e.g. its rollback failed)
-                return True
         is_closed = getattr(conn, "is_closed", None)  # asyncpg
         if callable(is_closed):
             return bool(is_closed())
