@@ -161,6 +161,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def get_connection_params(self) -> dict[str, Any]:
         """Django's psycopg arguments, without what lakebase sets (host, port, database, user, password,
         TLS: from the settings, for each connection)."""
+        if self.alias in self._connection_pools and self.settings_dict["OPTIONS"].get("pool"):
+            # Django calls this on every checkout from its pool and then only uses the pool, which was
+            # built from them (and validated): skip rebuilding them per request.
+            return {}
         settings = self.lakebase_settings()  # a bad entry fails here, before anything else
         own: dict[str, Any] = self.settings_dict
         options = {k: v for k, v in own["OPTIONS"].items() if k not in SETTINGS_FIELDS}
