@@ -180,6 +180,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     @property
     def pool(self) -> ConnectionPool | None:
         """Django's native pool, as a :class:`lakebase.ConnectionPool` (see the module doc)."""
+        pool: ConnectionPool | None = self._connection_pools.get(self.alias)
+        if pool is not None:  # the common case, several times per request: made (and checked) already
+            return pool
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
             return None
@@ -194,8 +197,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             kwargs["autocommit"] = True  # as in Django: it sets autocommit itself later
             check = (ConnectionPool.check_connection if self.settings_dict["CONN_HEALTH_CHECKS"]
                      else ConnectionPool.check_liveness)
-            pool = ConnectionPool(settings=self.lakebase_settings(), kwargs=kwargs,
+            made = ConnectionPool(settings=self.lakebase_settings(), kwargs=kwargs,
                                   **{"open": False, "configure": self._configure_connection, "check": check,
                                      "name": f"django-{self.alias}", **options})
-            self._connection_pools.setdefault(self.alias, pool)
+            self._connection_pools.setdefault(self.alias, made)
         return self._connection_pools[self.alias]
