@@ -65,5 +65,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO").upper()},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    # psycopg_pool logs every checkout and return at INFO ("connection requested", "returning connection"):
+    # several lines per request, each also scrubbed of secrets by lakebase's log redaction.
+    "loggers": {"django.request": {"level": "ERROR"}, "psycopg.pool": {"level": "WARNING"}},
 }
