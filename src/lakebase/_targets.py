@@ -252,6 +252,37 @@ async def _asa_fetch(conn: Any, query: str, *params: Any) -> Any:
     return result.scalar() if result.returns_rows else None
 
 
+# ---- Django ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _django_open(wrapper: Any) -> Iterator[Any]:
+    """A Django connection (``connections[alias]``) is its own target: it reconnects after being closed."""
+    yield wrapper
+
+
+@contextlib.contextmanager
+def _django_begin(wrapper: Any, isolation: str | None, read_only: bool) -> Iterator[tuple[Callable[[], Any], ...]]:
+    """``transaction.atomic()``; isolation and READ ONLY go with its BEGIN through psycopg (as for a
+    psycopg connection), and are put back afterwards."""
+    from django.db import transaction
+
+    settings: Any = contextlib.nullcontext()
+    if isolation or read_only:
+        wrapper.close_if_health_check_failed()  # now, not in atomic(): the settings go on the connection used
+        wrapper.ensure_connection()
+        settings = _psycopg_settings(wrapper.connection, isolation, read_only)
+    with settings:
+        atomic = transaction.atomic(using=wrapper.alias)
+        atomic.__enter__()
+        yield (lambda: atomic.__exit__(None, None, None)), (lambda: atomic.__exit__(*sys.exc_info()))
+
+
+def _django_fetch(wrapper: Any, query: str, *params: Any) -> Any:
+    with wrapper.cursor() as cur:
+        cur.execute(query, params)
+        row = cur.fetchone() if cur.description else None
+    return row[0] if row else None
+
+
 # ---- functions that open a connection ----------------------------------------------------------------
 @contextlib.contextmanager
 def _open_function(factory: Callable[[], Any]) -> Iterator[Any]:
@@ -296,6 +327,8 @@ CONNECTIONS = (  # module, class, async, begin, fetch, discard (None: a session)
                    _asa_fetch, lambda conn: conn.invalidate()),
     ConnectionKind("sqlalchemy.ext.asyncio", "AsyncSession", True, partial(_asa_begin, session=True),
                    _asa_fetch, None),
+    ConnectionKind("django.db.backends.base.base", "BaseDatabaseWrapper", False, _django_begin, _django_fetch,
+                   lambda wrapper: wrapper.close()),  # with the native pool: back to it, which drops a broken one
 )
 
 TARGETS = (  # module, class, async, what, open
@@ -310,6 +343,8 @@ TARGETS = (  # module, class, async, what, open
                lambda engine: engine.connect()),
     TargetKind("sqlalchemy.ext.asyncio", "async_sessionmaker", True, "a SQLAlchemy async_sessionmaker",
                lambda maker: maker()),
+    TargetKind("django.db.backends.base.base", "BaseDatabaseWrapper", False,
+               "a Django connection (django.db.connections[alias])", _django_open),
 )
 FUNCTION = TargetKind("", "function", False, "a function returning a connection", _open_function)
 COROUTINE_FUNCTION = TargetKind("", "coroutine function", True, "a coroutine function returning a connection",

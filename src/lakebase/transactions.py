@@ -58,6 +58,7 @@ target                                                ``fn`` receives
 ====================================================  ==============================================
 ``lakebase.ConnectionPool`` / psycopg_pool pool        a psycopg ``Connection``
 a function opening a psycopg or psycopg2 connection    that connection (closed afterwards)
+a Django connection (``connections[alias]``)          that connection, in ``transaction.atomic()``
 SQLAlchemy ``Engine`` / ``sessionmaker``               a SQLAlchemy ``Connection`` / ``Session``
 *async:* ``AsyncConnectionPool``, ``AsyncEngine``,      a psycopg ``AsyncConnection``, SQLAlchemy
 ``async_sessionmaker``, an asyncpg pool, a coroutine    ``AsyncConnection`` / ``AsyncSession``, an
@@ -123,8 +124,10 @@ class CommitOutcomeUnknown(LakebaseError):
 
 # ---- classifying an error raised inside a transaction --------------------------------------------
 def _driver_error(exc: BaseException) -> BaseException:
-    """The DBAPI error inside a SQLAlchemy wrapper (``.orig``), else ``exc``."""
+    """The DBAPI error inside a SQLAlchemy wrapper (``.orig``) or a Django one (its cause), else ``exc``."""
     orig = getattr(exc, "orig", None)
+    if orig is None and type(exc).__module__ == "django.db.utils":
+        orig = exc.__cause__
     return orig if isinstance(orig, BaseException) else exc
 
 
