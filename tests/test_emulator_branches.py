@@ -367,3 +367,22 @@ def test_branches_survive_restarts_and_leave_no_process(tmp_path: Path) -> None:
     finally:
         emu.stop()
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+
+
+def test_a_deleted_branch_does_not_stop_tokens_for_the_endpoints_left(
+        emulator: Emu, user_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, fresh_registries: None) -> None:
+    """One workspace-scoped token serves every endpoint of an identity, minted with one endpoint's name:
+    when that endpoint's branch is deleted, the next mint uses an endpoint that still exists."""
+    import lakebase
+
+    w = pat_client(emulator)
+    doomed = new_branch(w, emulator)
+    monkeypatch.delenv("PGHOST")
+    monkeypatch.setenv("ENDPOINT_NAME", f"{doomed.name}/endpoints/primary")
+    with lakebase.connect() as conn:  # the identity's credential cache is made for the branch's endpoint
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    w.postgres.delete_branch(doomed.name).wait()
+    monkeypatch.setenv("ENDPOINT_NAME", emulator.endpoint_name)
+    emulator.expire_tokens()  # the cached token is refused: a new one must be minted
+    with lakebase.connect() as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (user_env["PGUSER"],)

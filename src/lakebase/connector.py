@@ -204,6 +204,8 @@ def shared_credentials(settings: Settings, workspace_client: Any) -> CredentialC
                 label = "PAT user"
             cache = CredentialCache(source, settings.token_refresh, identity=f"{label} at {host}")
             _caches[key] = cache
+        elif isinstance(cache.source, EndpointTokenSource):
+            cache.source.add(settings.target_name)  # mint with an endpoint this caller knows to exist
         return cache
 
 

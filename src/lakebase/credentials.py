@@ -178,15 +178,52 @@ class _ApiTokenSource:
 
 
 class EndpointTokenSource(_ApiTokenSource):
-    """Lakebase Autoscaling: ``w.postgres.generate_database_credential(endpoint=...)``."""
+    """Lakebase Autoscaling: ``w.postgres.generate_database_credential(endpoint=...)``.
+
+    The token is workspace-scoped, so one source serves every endpoint its identity uses (``add``). It
+    mints with the endpoint added last; when that one is gone (404: a deleted branch or endpoint) it
+    forgets it and mints with the one before, so connections to endpoints that still exist keep working.
+    """
 
     def __init__(self, apis: _sdk.BoundedApis, endpoint: str) -> None:
         super().__init__(apis, f"endpoint {endpoint}")
-        self.endpoint = endpoint
+        self._endpoints = [endpoint]  # the most recently added last
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        with self._lock:
+            return self._endpoints[-1]
+
+    def add(self, endpoint: str) -> None:
+        """An endpoint this source's tokens now also serve: the next mints use it."""
+        with self._lock:
+            if self._endpoints[-1] != endpoint:
+                if endpoint in self._endpoints:
+                    self._endpoints.remove(endpoint)
+                self._endpoints.append(endpoint)
+            self.describe = f"endpoint {endpoint}"
+
+    def _forget(self, endpoint: str) -> bool:
+        """Drop a vanished endpoint; False when it is the only one left (kept, so errors name it)."""
+        with self._lock:
+            if len(self._endpoints) == 1 or endpoint not in self._endpoints:
+                return False
+            self._endpoints.remove(endpoint)
+            self.describe = f"endpoint {self._endpoints[-1]}"
+            return True
 
     def mint(self) -> Credential:
         api = self.apis.postgres
-        response = self.apis.call(api.generate_database_credential, endpoint=self.endpoint)
+        while True:
+            endpoint = self.endpoint
+            try:
+                response = self.apis.call(api.generate_database_credential, endpoint=endpoint)
+            except Exception as exc:
+                if _sdk.http_status(_sdk.root_cause(exc)) == 404 and self._forget(endpoint):
+                    continue
+                raise
+            break
         if not response.token or response.expire_time is None:
             raise ValueError("the credential response has no token or no expire_time")
         return Credential.from_expiry(response.token, response.expire_time.ToDatetime(tzinfo=UTC))
