@@ -363,6 +363,20 @@ def test_health_checks_and_metrics(proxy: ProxyProcess, emulator: Emulator) -> N
     assert proxy.http("/nope")[0] == 404
 
 
+def test_web_pages_cannot_stop_the_proxy_or_read_its_metrics(proxy: ProxyProcess) -> None:
+    """A page in the user's browser may POST anywhere without a CORS preflight, and a rebound DNS name
+    makes 127.0.0.1 its own origin: neither gets an answer from the health server."""
+    cross_site = {"Origin": "https://attacker.example"}
+    assert proxy.http("/quitquitquit", method="POST", headers=cross_site)[0] == 403
+    rebound = {"Host": f"attacker.example:{proxy.http_port}"}
+    assert proxy.http("/quitquitquit", method="POST", headers=rebound)[0] == 403
+    status, body = proxy.http("/metrics", headers=rebound)
+    assert status == 403 and "lakebase_proxy" not in body
+    assert proxy.http("/liveness", headers={"Host": f"localhost:{proxy.http_port}"})[0] == 200
+    assert proxy.http("/liveness", headers={"Host": f"[::1]:{proxy.http_port}"})[0] == 200
+    assert proxy.http("/startup")[0] == 200  # still serving
+
+
 def test_a_non_loopback_address_is_refused_unless_allowed(emulator: Emulator) -> None:
     from click.testing import CliRunner
 
