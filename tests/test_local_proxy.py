@@ -405,6 +405,17 @@ def test_unix_sockets_two_endpoints_max_connections_and_sigterm_drain(emulator: 
         assert read_only.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
         with pytest.raises(errors.ReadOnlySqlTransaction):
             read_only.execute("CREATE TABLE nope (n int)")
+        # clients that send nothing hold no more than --max-connections sockets (for 30 s each)
+        path = str(sockets / ".s.PGSQL.6543")
+        silent = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+        try:
+            for sock in silent:
+                sock.settimeout(20)
+                sock.connect(path)
+            assert b"53300" in silent[2].recv(4096)  # refused at once, not after the startup timeout
+        finally:
+            for sock in silent:
+                sock.close()
         # a third connection is one too many
         with pytest.raises(psycopg.OperationalError,
                            match=r"too many connections to lakebase proxy.*--max-connections 2"):
