@@ -368,6 +368,8 @@ def test_web_pages_cannot_stop_the_proxy_or_read_its_metrics(proxy: ProxyProcess
     makes 127.0.0.1 its own origin: neither gets an answer from the health server."""
     cross_site = {"Origin": "https://attacker.example"}
     assert proxy.http("/quitquitquit", method="POST", headers=cross_site)[0] == 403
+    assert proxy.http("/readiness", headers={"Sec-Fetch-Site": "cross-site"})[0] == 403  # an <img src>
+    assert proxy.http("/metrics", headers={"Sec-Fetch-Site": "none"})[0] == 200  # typed in the address bar
     rebound = {"Host": f"attacker.example:{proxy.http_port}"}
     assert proxy.http("/quitquitquit", method="POST", headers=rebound)[0] == 403
     status, body = proxy.http("/metrics", headers=rebound)

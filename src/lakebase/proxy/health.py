@@ -8,7 +8,8 @@
 * ``POST /quitquitquit``: shut down as on SIGTERM (for sidecars whose main container is done).
 
 Web pages are refused (403): a request with an ``Origin`` header (a browser's cross-site POST needs no
-CORS preflight, so any page could otherwise stop the proxy), and, on loopback, one whose ``Host`` is no
+CORS preflight, so any page could otherwise stop the proxy) or a cross-site ``Sec-Fetch-Site`` (an
+``<img>`` GET of /readiness would log in upstream, waking the compute), and, on loopback, one whose ``Host`` is no
 loopback name (DNS rebinding: a page whose own host name now resolves to 127.0.0.1). Probes, curl and
 Prometheus send neither.
 
@@ -131,6 +132,8 @@ class HealthServer:
         why = None
         if req.headers.get("Origin") is not None:
             why = "a request from a web page (it has an Origin header)"
+        elif req.headers.get("Sec-Fetch-Site", "none").lower() not in ("none", "same-origin"):
+            why = "a request from another web site (Sec-Fetch-Site)"  # an <img src>: a GET with no Origin
         elif self.loopback and not _loopback_host(req.headers.get("Host")):
             why = f"a request for host {req.headers.get('Host')!r}, which is not a loopback name (DNS rebinding?)"
         if why is None:
