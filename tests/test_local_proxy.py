@@ -379,6 +379,13 @@ def test_web_pages_cannot_stop_the_proxy_or_read_its_metrics(proxy: ProxyProcess
     assert proxy.http("/startup")[0] == 200  # still serving
 
 
+def test_a_silent_http_client_is_dropped(proxy: ProxyProcess) -> None:
+    """Each HTTP connection has a thread: one that never sends its request must not keep it forever."""
+    assert proxy.http_port is not None
+    with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=30) as sock:
+        assert sock.recv(1) == b""  # closed by the proxy (a TimeoutError here: still held)
+
+
 def test_a_non_loopback_address_is_refused_unless_allowed(emulator: Emulator) -> None:
     from click.testing import CliRunner
 

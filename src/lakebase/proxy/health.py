@@ -40,6 +40,8 @@ from .server import Proxy
 
 log = logging.getLogger("lakebase.proxy")
 
+HTTP_TIMEOUT = 5.0  # seconds a client of the HTTP server may take to send its request
+
 
 class ProxyCollector:
     """Reads the proxy's counters at scrape time (the byte counts cost nothing on the hot path)."""
@@ -99,6 +101,7 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "lakebase-proxy"
+            timeout = HTTP_TIMEOUT  # each connection has a thread: one that sends nothing is dropped
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http: " + format, *args)
