@@ -68,9 +68,9 @@ class ProxyProcess:
     def port(self) -> int:
         return next(iter(self.ports.values()))
 
-    def http(self, path: str, method: str = "GET") -> tuple[int, str]:
+    def http(self, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method,
-                                     data=b"" if method == "POST" else None)
+                                     data=b"" if method == "POST" else None, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, resp.read().decode()

@@ -363,6 +363,29 @@ def test_health_checks_and_metrics(proxy: ProxyProcess, emulator: Emulator) -> N
     assert proxy.http("/nope")[0] == 404
 
 
+def test_web_pages_cannot_stop_the_proxy_or_read_its_metrics(proxy: ProxyProcess) -> None:
+    """A page in the user's browser may POST anywhere without a CORS preflight, and a rebound DNS name
+    makes 127.0.0.1 its own origin: neither gets an answer from the health server."""
+    cross_site = {"Origin": "https://attacker.example"}
+    assert proxy.http("/quitquitquit", method="POST", headers=cross_site)[0] == 403
+    assert proxy.http("/readiness", headers={"Sec-Fetch-Site": "cross-site"})[0] == 403  # an <img src>
+    assert proxy.http("/metrics", headers={"Sec-Fetch-Site": "none"})[0] == 200  # typed in the address bar
+    rebound = {"Host": f"attacker.example:{proxy.http_port}"}
+    assert proxy.http("/quitquitquit", method="POST", headers=rebound)[0] == 403
+    status, body = proxy.http("/metrics", headers=rebound)
+    assert status == 403 and "lakebase_proxy" not in body
+    assert proxy.http("/liveness", headers={"Host": f"localhost:{proxy.http_port}"})[0] == 200
+    assert proxy.http("/liveness", headers={"Host": f"[::1]:{proxy.http_port}"})[0] == 200
+    assert proxy.http("/startup")[0] == 200  # still serving
+
+
+def test_a_silent_http_client_is_dropped(proxy: ProxyProcess) -> None:
+    """Each HTTP connection has a thread: one that never sends its request must not keep it forever."""
+    assert proxy.http_port is not None
+    with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=30) as sock:
+        assert sock.recv(1) == b""  # closed by the proxy (a TimeoutError here: still held)
+
+
 def test_a_non_loopback_address_is_refused_unless_allowed(emulator: Emulator) -> None:
     from click.testing import CliRunner
 
@@ -391,6 +414,17 @@ def test_unix_sockets_two_endpoints_max_connections_and_sigterm_drain(emulator: 
         assert read_only.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
         with pytest.raises(errors.ReadOnlySqlTransaction):
             read_only.execute("CREATE TABLE nope (n int)")
+        # clients that send nothing hold no more than --max-connections sockets (for 30 s each)
+        path = str(sockets / ".s.PGSQL.6543")
+        silent = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+        try:
+            for sock in silent:
+                sock.settimeout(20)
+                sock.connect(path)
+            assert b"53300" in silent[2].recv(4096)  # refused at once, not after the startup timeout
+        finally:
+            for sock in silent:
+                sock.close()
         # a third connection is one too many
         with pytest.raises(psycopg.OperationalError,
                            match=r"too many connections to lakebase proxy.*--max-connections 2"):

@@ -7,6 +7,12 @@
 * ``GET /metrics``: Prometheus text format (prometheus-client);
 * ``POST /quitquitquit``: shut down as on SIGTERM (for sidecars whose main container is done).
 
+Web pages are refused (403): a request with an ``Origin`` header (a browser's cross-site POST needs no
+CORS preflight, so any page could otherwise stop the proxy) or a cross-site ``Sec-Fetch-Site`` (an
+``<img>`` GET of /readiness would log in upstream, waking the compute), and, on loopback, one whose ``Host`` is no
+loopback name (DNS rebinding: a page whose own host name now resolves to 127.0.0.1). Probes, curl and
+Prometheus send neither.
+
 Served by the standard library's threading HTTP server on its own thread; it asks the proxy's event
 loop for what it needs.
 """
@@ -29,9 +35,12 @@ with requires_extra("proxy", __name__):
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .config import is_loopback
 from .server import Proxy
 
 log = logging.getLogger("lakebase.proxy")
+
+HTTP_TIMEOUT = 5.0  # seconds a client of the HTTP server may take to send its request
 
 
 class ProxyCollector:
@@ -92,16 +101,20 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "lakebase-proxy"
+            timeout = HTTP_TIMEOUT  # each connection has a thread: one that sends nothing is dropped
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http: " + format, *args)
 
             def do_GET(self) -> None:
-                health.handle_get(self)
+                if health.admit(self):
+                    health.handle_get(self)
 
             def do_POST(self) -> None:
-                health.handle_post(self)
+                if health.admit(self):
+                    health.handle_post(self)
 
+        self.loopback = is_loopback(address)  # then only loopback Host names are answered
         self.httpd = ThreadingHTTPServer((address, port), Handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
@@ -116,6 +129,22 @@ class HealthServer:
 
     def _on_loop(self, coro: Any, timeout: float) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def admit(self, req: BaseHTTPRequestHandler) -> bool:
+        """False (having answered 403) for a request from a web page; see the module doc."""
+        why = None
+        if req.headers.get("Origin") is not None:
+            why = "a request from a web page (it has an Origin header)"
+        elif req.headers.get("Sec-Fetch-Site", "none").lower() not in ("none", "same-origin"):
+            why = "a request from another web site (Sec-Fetch-Site)"  # an <img src>: a GET with no Origin
+        elif self.loopback and not _loopback_host(req.headers.get("Host")):
+            why = f"a request for host {req.headers.get('Host')!r}, which is not a loopback name (DNS rebinding?)"
+        if why is None:
+            return True
+        log.warning("http: refused %s %s: %s", req.command, req.path.split("?", 1)[0], why)
+        _json(req, 403, {"error": f"lakebase proxy refuses {why}; use http://127.0.0.1:{self.port} from "
+                                  "a probe, curl or Prometheus"})
+        return False
 
     def handle_get(self, req: BaseHTTPRequestHandler) -> None:
         path = req.path.split("?", 1)[0]
@@ -146,6 +175,18 @@ class HealthServer:
             self.loop.call_soon_threadsafe(self.quit)
         else:
             _json(req, 404, {"error": "POST /quitquitquit only"})
+
+
+def _loopback_host(host: str | None) -> bool:
+    """Whether a Host header names a loopback address (an absent one, HTTP/1.0, does too)."""
+    if host is None:
+        return True
+    name = host.strip()
+    if name.startswith("["):  # [::1]:port
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    return is_loopback(name.lower().rstrip("."))
 
 
 def _reply(req: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:

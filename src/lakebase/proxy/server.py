@@ -134,6 +134,7 @@ class Proxy:
         self.sessions: set[Session] = set()
         self._by_key: dict[tuple[int, bytes], Session] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.handshaking = 0  # clients whose startup packet is still to come
         self.started = False
         self.draining = False
         self.stopped = asyncio.Event()
@@ -248,16 +249,43 @@ class Proxy:
         length = wire.startup_length(await reader.readexactly(4))
         return wire.parse_client_startup(await reader.readexactly(length - 4), user)
 
+    async def _read_handshake(self, listener: Listener, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> wire.StartupPacket | None:
+        """The client's startup packet (or cancel request), after any SSL/GSS requests; None when
+        --max-connections clients are already in this phase (each may hold it STARTUP_TIMEOUT s, so
+        silent clients could otherwise hold any number of sockets)."""
+        target = listener.target
+        assert target is not None
+        limit = self.config.max_connections
+        if limit and self.handshaking >= limit:
+            listener.stats.refused_max_connections += 1
+            event(log, logging.WARNING, "proxy.max_connections",
+                  f"{listener.name}: refused a connection: {limit} clients have not sent their startup packet "
+                  "yet (--max-connections)", endpoint=listener.name, limit=limit)
+            await _send(writer, wire.error_response(
+                "53300", f"too many connections to lakebase proxy: {limit} are still starting up "
+                f"(--max-connections {limit})", hint="try again; clients that send nothing are dropped after "
+                f"{STARTUP_TIMEOUT:g}s"))
+            return None
+        self.handshaking += 1
+        try:
+            packet = await asyncio.wait_for(self._read_startup(reader, target.user), STARTUP_TIMEOUT)
+            for _ in range(2):  # at most an SSLRequest and a GSSENCRequest before the startup packet
+                if packet.kind not in ("ssl", "gss"):
+                    break
+                writer.write(b"N")  # plain text: the client is local; the proxy encrypts upstream
+                await writer.drain()
+                packet = await asyncio.wait_for(self._read_startup(reader, target.user), STARTUP_TIMEOUT)
+            return packet
+        finally:
+            self.handshaking -= 1
+
     async def _serve(self, listener: Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         target = listener.target
         assert target is not None
-        packet = await asyncio.wait_for(self._read_startup(reader, target.user), STARTUP_TIMEOUT)
-        for _ in range(2):  # at most an SSLRequest and a GSSENCRequest before the startup packet
-            if packet.kind not in ("ssl", "gss"):
-                break
-            writer.write(b"N")  # plain text: the client is local; the proxy encrypts upstream
-            await writer.drain()
-            packet = await asyncio.wait_for(self._read_startup(reader, target.user), STARTUP_TIMEOUT)
+        packet = await self._read_handshake(listener, reader, writer)
+        if packet is None:
+            return False
         if packet.kind == "cancel":
             await self._cancel(packet)
             return False
