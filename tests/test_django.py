@@ -4,6 +4,7 @@ expiry, a restart, a suspend and credential outages; misconfigurations; run_tran
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import subprocess
@@ -18,9 +19,9 @@ import pytest
 from lakebase import CredentialsUnavailable, connector
 from lakebase.errors import ConfigurationError
 
-from .apps_support import ensure_app_schema, owner_sql
+from .apps_support import ROOT, ensure_app_schema, owner_sql
 from .conftest import owner_connect
-from .django_support import MODES, close_all, setup_django
+from .django_support import HIDDEN_FOR_PSYCOPG2, MODES, close_all, setup_django
 from .lakebase_support import issued, wait_for
 
 
@@ -274,13 +275,62 @@ def test_database_config(django_ready: None) -> None:
 
 
 def test_the_backend_needs_psycopg_3(django_ready: None) -> None:
-    code = ("import sys; sys.modules['psycopg'] = None\n"
+    code = ("import sys; sys.modules['psycopg'] = sys.modules['psycopg2'] = None\n"
             "from django.conf import settings; settings.configure()\n"
             "from django.core.exceptions import ImproperlyConfigured\n"
             "try:\n    import lakebase.django.base\nexcept ImproperlyConfigured as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "The lakebase.django database backend needs psycopg 3" in out.stdout, out.stderr[-2000:]
     assert "pip install 'lakebase[django]'" in out.stdout
+
+
+def test_psycopg2_where_psycopg_3_is_not_installed(django_ready: None, emulator: Any, app_env: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    """Django uses psycopg2 where psycopg 3 does not import, decided when its backend is imported: a child
+    process without psycopg 3 (tests/django_support.psycopg2_child) connects with zero config, across a
+    token expiry and restarts, runs run_transaction, and is refused the native pool and a password."""
+    emulator.configure(token_ttl_seconds=2, restart_seconds=0.2)
+    hide = "".join(f"sys.modules[{name!r}] = None\n" for name in HIDDEN_FOR_PSYCOPG2)
+    code = f"import sys\n{hide}from tests.django_support import psycopg2_child\npsycopg2_child()\n"
+    faults: list[threading.Thread] = []
+    with (tmp_path / "stderr").open("w+") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        assert child.stdin is not None and child.stdout is not None
+        lines = []
+        for line in child.stdout:  # what the child asks the emulator to do, then what it saw
+            if line.strip() == "restart":
+                faults.append(strike(emulator))
+                child.stdin.write("done\n")
+                child.stdin.flush()
+            else:
+                lines.append(line)
+        child.wait(60)
+        for fault in faults:
+            fault.join(30)
+        stderr.seek(0)
+        assert child.returncode == 0 and lines, stderr.read()[-3000:]
+    seen = json.loads(lines[-1])
+    user = emulator.app.name
+    assert seen["is_psycopg3"] is False and seen["driver"].startswith("psycopg2")
+    assert seen["user"] == user and seen["persistent_user"] == user
+    assert seen["first_token_expired"] and seen["after_expiry"] == [user] * 2 and seen["new_token"]
+    assert seen["persistent_after_expiry"] == user and seen["persistent_kept"]
+    assert seen["after_restart"] == [user] * 4 and seen["persistent_replaced"]
+    assert len(faults) == 2
+    assert seen["attempts"] == 2 and seen["inserted"] == [True]  # run again once, committed once
+    assert seen["isolation"] == "repeatable read"
+    assert "read-only transaction" in seen["read_only"]
+    assert seen["afterwards"] == ["read committed", "off", True]  # put back, on the same connection
+    pool_message = ("DATABASES['pooled']['OPTIONS']['pool'] asks for Django's native pool, which needs psycopg 3, "
+                    "but psycopg 3 is not installed (Django is using psycopg2)")
+    assert seen["pool"].startswith("ImproperlyConfigured: " + pool_message)
+    assert "pip install 'lakebase[django]'" in seen["pool"] and "CONN_MAX_AGE > 0" in seen["pool"]
+    assert [(id_, pool_message in msg) for id_, msg in seen["pool_check"]] == [("lakebase.E001", True)]
+    assert seen["password"].startswith("ImproperlyConfigured: DATABASES['password']['PASSWORD'] is set, but "
+                                       "lakebase sets the password")
+    assert "s3cret" not in seen["password"]
 
 
 # ---- run_transaction -----------------------------------------------------------------------------------

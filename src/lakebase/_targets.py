@@ -84,7 +84,7 @@ def _psycopg_changes(conn: Any, isolation: str | None, read_only: bool) -> dict[
 
 
 def _restore_failed(conn: Any, exc: Exception) -> None:
-    if not (conn.closed or conn.broken):
+    if not (conn.closed or getattr(conn, "broken", False)):  # psycopg2's connection has no ``broken``
         log.warning("restoring a connection's transaction settings failed, closing it: %s", short(exc))
 
 
@@ -161,6 +161,32 @@ def _psycopg2_begin(conn: Any, isolation: str | None, read_only: bool) -> Iterat
     if isolation or read_only:
         conn.set_session(isolation_level=isolation.upper() if isolation else None, readonly=read_only or None)
     yield conn.commit, conn.rollback
+
+
+@contextlib.contextmanager
+def _psycopg2_settings(conn: Any, isolation: str | None, read_only: bool) -> Iterator[None]:
+    """As :func:`_psycopg_settings`, on a psycopg2 connection outside a transaction (Django's, between
+    requests): psycopg2 sends them with the next BEGIN (in autocommit also as the session's
+    ``default_transaction_*``), and both are put back afterwards."""
+    import psycopg2.extensions
+
+    wanted: dict[str, Any] = {"readonly": True} if read_only else {}
+    if isolation:
+        wanted["isolation_level"] = getattr(psycopg2.extensions,
+                                            f"ISOLATION_LEVEL_{isolation.upper().replace(' ', '_')}")
+    changes = {k: v for k, v in wanted.items() if getattr(conn, k) != v}
+    previous = {k: getattr(conn, k) for k in changes}
+    for key, value in changes.items():
+        setattr(conn, key, value)
+    try:
+        yield
+    finally:
+        try:
+            for key, value in previous.items():
+                setattr(conn, key, value)
+        except Exception as exc:
+            _restore_failed(conn, exc)
+            conn.close()
 
 
 def _psycopg2_fetch(conn: Any, query: str, *params: Any) -> Any:
@@ -262,14 +288,16 @@ def _django_open(wrapper: Any) -> Iterator[Any]:
 @contextlib.contextmanager
 def _django_begin(wrapper: Any, isolation: str | None, read_only: bool) -> Iterator[tuple[Callable[[], Any], ...]]:
     """``transaction.atomic()``; isolation and READ ONLY go with its BEGIN through psycopg (as for a
-    psycopg connection), and are put back afterwards."""
+    psycopg connection) or psycopg2, whichever Django uses, and are put back afterwards."""
     from django.db import transaction
 
     settings: Any = contextlib.nullcontext()
     if isolation or read_only:
         wrapper.close_if_health_check_failed()  # now, not in atomic(): the settings go on the connection used
         wrapper.ensure_connection()
-        settings = _psycopg_settings(wrapper.connection, isolation, read_only)
+        on_psycopg2 = is_instance(wrapper.connection, "psycopg2.extensions", "connection")
+        settings = (_psycopg2_settings if on_psycopg2 else _psycopg_settings)(wrapper.connection, isolation,
+                                                                             read_only)
     with settings:
         atomic = transaction.atomic(using=wrapper.alias)
         atomic.__enter__()

@@ -49,6 +49,7 @@ from ._adapter import PASSWORD_ARGUMENTS, require_tls, split_settings
 from ._adapter import check_arguments as _check_driver_arguments
 from ._liveness import CLOSED, QUIET, asyncpg_state
 from ._telemetry import event
+from ._tls import client_context
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
 from .endpoints import Target
@@ -73,9 +74,6 @@ _POOL_DEFAULTS = {
 
 
 # ---- TLS -----------------------------------------------------------------------------------------
-_contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
-
-
 def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext:
     """The :class:`ssl.SSLContext` for a libpq ``sslmode`` (cached; reads ``sslrootcert`` once).
 
@@ -83,21 +81,7 @@ def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext:
     chain as ``verify-ca`` does when a root certificate is given); ``verify-ca`` checks the chain,
     ``verify-full`` the chain and the host name.
     """
-    mode = require_tls(sslmode, where=None, fix="use sslmode=require (or verify-full with sslrootcert)")
-    if mode == "require" and sslrootcert:
-        mode = "verify-ca"
-    key = (mode, sslrootcert)
-    context = _contexts.get(key)
-    if context is None:
-        if mode == "require":
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        else:
-            context = ssl.create_default_context(cafile=sslrootcert)
-            context.check_hostname = mode == "verify-full"
-        context = _contexts.setdefault(key, context)
-    return context
+    return client_context(sslmode, sslrootcert)
 
 
 def _ssl_mode(value: Any, where: str | None = None) -> str | None:

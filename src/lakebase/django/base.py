@@ -23,7 +23,10 @@ refused token replaced once). That holds in each of Django's connection modes:
   replaced without a round trip); ``CONN_HEALTH_CHECKS = True`` makes it psycopg_pool's
   ``check_connection`` (a round trip per checkout), as in Django.
 
-psycopg 3 is required (``pip install 'lakebase[django]'``).
+psycopg 3 first (``pip install 'lakebase[django]'``). Where psycopg2 is what is installed, Django's
+PostgreSQL backend uses it, and so does this one: each connection is opened by
+:func:`lakebase.psycopg2.open_connection` (the same token cache and connect retry), in the modes Django
+offers with psycopg2 (``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS``; no native pool, as in Django).
 """
 
 from __future__ import annotations
@@ -37,24 +40,28 @@ with requires_extra("django", __name__):
     from django.core import checks
     from django.core.exceptions import ImproperlyConfigured as DjangoImproperlyConfigured
 
-try:
-    import psycopg
-except ImportError as exc:  # Django would fall back to psycopg2, whose connections this backend cannot open
-    raise DjangoImproperlyConfigured(
-        "The lakebase.django database backend needs psycopg 3, which is not installed: "
-        "pip install 'lakebase[django]' (psycopg[binary] and psycopg-pool come with it)"
-    ) from exc
-
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.base.validation import BaseDatabaseValidation
-from django.db.backends.postgresql import base as postgresql
+
+try:  # Django's PostgreSQL backend: psycopg 3 if it imports, else psycopg2
+    from django.db.backends.postgresql import base as postgresql
+except DjangoImproperlyConfigured as exc:  # neither is installed
+    raise DjangoImproperlyConfigured(
+        "The lakebase.django database backend needs psycopg 3, which is not installed (nor is psycopg2): "
+        "pip install 'lakebase[django]' (psycopg[binary] and psycopg-pool come with it)"
+    ) from exc
 
 from .._adapter import SETTINGS_FIELDS, refuse_secrets
 from ..connector import Connector, get_connector
 from ..errors import ConfigurationError
-from ..psycopg import ConnectionPool, open_connection
 from ..settings import DEFAULT_DATABASE, Settings
 from .client import DatabaseClient
+
+if postgresql.is_psycopg3:
+    from .. import psycopg as adapter
+    from ..psycopg import ConnectionPool
+else:  # what Django uses without psycopg 3; no native pool (Django refuses it)
+    from .. import psycopg2 as adapter  # type: ignore[no-redef]
 
 #: The top-level DATABASES keys that override a :class:`~lakebase.Settings` field.
 DJANGO_KEYS = {"NAME": "database", "USER": "user", "HOST": "host", "PORT": "port"}
@@ -112,11 +119,11 @@ class _Driver:
     def __init__(self, wrapper: DatabaseWrapper) -> None:
         self._wrapper = wrapper
 
-    def connect(self, **params: Any) -> psycopg.Connection[Any]:
-        return open_connection(self._wrapper.lakebase_connector(), **params)
+    def connect(self, **params: Any) -> Any:
+        return adapter.open_connection(self._wrapper.lakebase_connector(), **params)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(psycopg, name)
+        return getattr(postgresql.Database, name)
 
 
 class DatabaseValidation(BaseDatabaseValidation):
@@ -126,6 +133,7 @@ class DatabaseValidation(BaseDatabaseValidation):
         issues = list(super().check(**kwargs))
         try:
             self.connection.lakebase_settings()
+            self.connection.refuse_pool_without_psycopg3()
         except ConfigurationError as exc:
             issues.append(checks.Error(str(exc), hint=exc.fix, obj=f"DATABASES[{self.connection.alias!r}]",
                                        id="lakebase.E001"))
@@ -133,7 +141,8 @@ class DatabaseValidation(BaseDatabaseValidation):
 
 
 class DatabaseWrapper(postgresql.DatabaseWrapper):
-    """Django's PostgreSQL backend (psycopg 3) whose connections log in to Lakebase with fresh tokens."""
+    """Django's PostgreSQL backend (psycopg 3, else psycopg2) whose connections log in to Lakebase with
+    fresh tokens."""
 
     settings_dict: dict[str, Any]
     display_name = "Lakebase PostgreSQL"
@@ -157,6 +166,16 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """The shared connector of this entry's settings (its credential cache is the process's)."""
         return get_connector(self.lakebase_settings())
 
+    def refuse_pool_without_psycopg3(self) -> None:
+        """Django's native pool is psycopg 3's: with psycopg2 ``OPTIONS['pool']`` is an error that says so."""
+        if self.settings_dict["OPTIONS"].get("pool") and not postgresql.is_psycopg3:
+            where = f"DATABASES[{self.alias!r}]['OPTIONS']['pool']"
+            raise ImproperlyConfigured(
+                f"{where} asks for Django's native pool, which needs psycopg 3, but psycopg 3 is not installed "
+                "(Django is using psycopg2)", setting="pool", value=self.settings_dict["OPTIONS"]["pool"],
+                fix=f"pip install 'lakebase[django]' (psycopg 3 and psycopg-pool), or remove {where} and keep "
+                    "connections with CONN_MAX_AGE > 0 and CONN_HEALTH_CHECKS = True")
+
     # ---- Django ----------------------------------------------------------------------------------------
     def get_connection_params(self) -> dict[str, Any]:
         """Django's psycopg arguments, without what lakebase sets (host, port, database, user, password,
@@ -166,6 +185,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             # built from them (and validated): skip rebuilding them per request.
             return {}
         settings = self.lakebase_settings()  # a bad entry fails here, before anything else
+        self.refuse_pool_without_psycopg3()
         own: dict[str, Any] = self.settings_dict
         options = {k: v for k, v in own["OPTIONS"].items() if k not in SETTINGS_FIELDS}
         self.settings_dict = {**own, "NAME": settings.database, "USER": "", "PASSWORD": "", "HOST": "",
@@ -184,8 +204,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if pool is not None:  # the common case, several times per request: made (and checked) already
             return pool
         pool_options = self.settings_dict["OPTIONS"].get("pool")
-        if self.alias == NO_DB_ALIAS or not pool_options:
-            return None
+        if self.alias == NO_DB_ALIAS or not pool_options or not postgresql.is_psycopg3:
+            return None  # without psycopg 3 get_connection_params() refuses OPTIONS['pool']
         if self.alias not in self._connection_pools:
             if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
                 raise DjangoImproperlyConfigured(

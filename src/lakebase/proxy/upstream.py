@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _wire as wire
-from .._adapter import require_tls
+from .._tls import client_context
 from ..endpoints import Target, cached_hostaddr, hostaddr_for
 
 MAX_LOGIN_MESSAGE = 1 << 20
@@ -45,31 +45,6 @@ class Upstream:
     greeting: list[bytes] = field(default_factory=list)  # AuthenticationOk, ParameterStatus..., up to ReadyForQuery
     pid: int = 0
     key: bytes = b""
-
-
-_contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
-
-
-def tls_context(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
-    """As libpq: ``require`` encrypts (and verifies the chain when a root certificate is given);
-    ``verify-ca`` checks the chain; ``verify-full`` the chain and the host name."""
-    mode = require_tls(sslmode, where=None, fix="use sslmode=require (or verify-full with sslrootcert)")
-    if mode == "require" and sslrootcert:
-        mode = "verify-ca"
-    key = (mode, sslrootcert)
-    context = _contexts.get(key)
-    if context is None:
-        if mode == "require":
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        else:
-            # The host name is checked after the handshake, as libpq does (check_host_name): OpenSSL's own
-            # check refuses a wildcard over a single-label suffix such as *.localhost (the emulator's).
-            context = ssl.create_default_context(cafile=sslrootcert)
-            context.check_hostname = False
-        context = _contexts.setdefault(key, context)
-    return context
 
 
 def host_matches(host: str, pattern: str) -> bool:
@@ -103,7 +78,9 @@ async def _address(host: str, port: int) -> str:
 
 async def open_tls(target: Target, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TLS connection to the target (SNI and verification by its host name)."""
-    context = tls_context(target.sslmode, target.sslrootcert)
+    # verify-full: the host name is checked after the handshake, as libpq does (check_host_name): OpenSSL's
+    # own check refuses a wildcard over a single-label suffix such as *.localhost (the emulator's).
+    context = client_context(target.sslmode, target.sslrootcert, check_hostname=False)
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(await _address(target.host, target.port), target.port)
