@@ -35,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "lakebase"
-EXTRAS = "emulator,sqlalchemy,asyncpg,alembic,psycopg2,streamlit,django,proxy,testing"  # together they need every module of the package
+# Together they need every module of the package.
+EXTRAS = "emulator,sqlalchemy,asyncpg,alembic,psycopg2,streamlit,django,proxy,testing"
 # What the sdist must hold besides the package: the files that build, test and demonstrate it.
 SDIST_FILES = ("pyproject.toml", "README.md", "CHANGELOG.md", "LICENSE", "Makefile", "MANIFEST.in",
                "tests/conftest.py", "tests/lakebase_support.py", "tests/dist_check.py",
