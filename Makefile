@@ -41,7 +41,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps
 	@$(BIN)/mypy src/lakebase src/_lakebase_pytest.py
-	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -q -n 4 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks apps
