@@ -283,3 +283,36 @@ def test_uuid_ossp_matches_rfc_4122_and_python(crypto: psycopg.Connection[Any]) 
         assert u.version == 1 and u.variant == uuid.RFC_4122 and u.node & (1 << 40)  # multicast: not a MAC
         made = dt.datetime(1582, 10, 15, tzinfo=dt.UTC) + dt.timedelta(microseconds=u.time // 10)
         assert abs(made - now) < dt.timedelta(hours=1)
+
+
+def test_on_a_branch_as_on_the_main_branch(emulator: Emulator, user_env: dict[str, str], app_role: str,
+                                           monkeypatch: pytest.MonkeyPatch, fresh_registries: None) -> None:
+    """A branch is a copy of the cluster: the owner creates the gated extensions and the stand-ins there
+    too, and the app's service principal is refused as on the main branch."""
+    from databricks.sdk.service.postgres import Branch, BranchSpec
+
+    w = pat_client(emulator)
+    project = emulator.endpoint_name.split("/branches/", 1)[0]
+    branch = w.postgres.create_branch(parent=project, branch=Branch(spec=BranchSpec(no_expiry=True)),
+                                      branch_id="ext-" + uuid.uuid4().hex[:8]).wait()
+    try:
+        monkeypatch.delenv("PGHOST")
+        monkeypatch.setenv("ENDPOINT_NAME", f"{branch.name}/endpoints/primary")
+        with lakebase.connect() as conn:  # as the owner, in a transaction rolled back
+            for name in ("vector", "pgcrypto", '"uuid-ossp"'):
+                conn.execute(f"CREATE EXTENSION {name}")
+            assert one(conn, "SELECT encode(digest('abc', 'sha256'), 'hex')") == hashlib.sha256(b"abc").hexdigest()
+            assert one(conn, "SELECT uuid_generate_v5(uuid_ns_dns(), 'python.org')::text") == str(
+                uuid.uuid5(uuid.NAMESPACE_DNS, "python.org"))
+            assert one(conn, "SELECT '[1,2]'::vector <-> '[1,3]'::vector") == 1.0
+            conn.rollback()
+        for key, value in emulator.app_env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("DATABRICKS_TOKEN", raising=False)
+        monkeypatch.delenv("PGHOST", raising=False)
+        monkeypatch.setenv("ENDPOINT_NAME", f"{branch.name}/endpoints/primary")
+        with lakebase.connect(autocommit=True) as conn:  # the app's role and grants came with the copy
+            with pytest.raises(errors.InsufficientPrivilege, match='permission denied to create extension "vector"'):
+                conn.execute("CREATE EXTENSION vector")
+    finally:
+        w.postgres.delete_branch(branch.name).wait()
