@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _wire as wire
+from .._pipe import Pipe
 from .native_login import password_matches
 from .runtime import TERMINATE_WAIT_MS, Runtime
 from .state import ACTIVE, IDLE, INIT, Endpoint
@@ -75,39 +76,18 @@ class Session:
     writers: tuple[asyncio.StreamWriter, ...] = ()
 
 
-class _Pipe(asyncio.Protocol):
-    """Forwards what one transport receives to the other, with flow control."""
+class _Pipe(Pipe):
+    """A session's forwarding in one direction; notes its last activity (the idle limit)."""
 
     def __init__(self, session: Session, on_lost: Any) -> None:
+        super().__init__(on_lost)
         self.session = session
-        self.peer: asyncio.Transport | None = None
         self.transport: asyncio.Transport | None = None
-        self._on_lost = on_lost
-        self.lost = False  # our transport is closed (for the client's: what was queued went out first)
 
     def data_received(self, data: bytes) -> None:
         self.session.last_activity = time.monotonic()
         if self.peer is not None:
             self.peer.write(data)
-
-    def eof_received(self) -> bool | None:
-        if self.peer is not None and not self.peer.is_closing() and self.peer.can_write_eof():
-            self.peer.write_eof()
-        return False
-
-    def pause_writing(self) -> None:  # our transport's buffer is full: stop reading the peer
-        if self.peer is not None:
-            self.peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.peer is not None:
-            self.peer.close()
-        self._on_lost()
 
 
 SNI_ATTRIBUTE = "_lakebase_server_name"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import _wire as wire
+from .._pipe import Pipe
 from .._telemetry import event
 from ..connector import Connector
 from ..diagnosis import Kind
@@ -63,17 +64,13 @@ class Session:
     closed: bool = False
 
 
-class _Pipe(asyncio.Protocol):
-    """Forwards what one transport receives to the other, with flow control; counts the bytes."""
-
-    __slots__ = ("_on_lost", "lost", "peer", "stats", "to_server")
+class _Pipe(Pipe):
+    """A session's forwarding in one direction; counts the bytes."""
 
     def __init__(self, stats: EndpointStats, to_server: bool, on_lost: Callable[[], None]) -> None:
-        self.peer: asyncio.Transport | None = None
+        super().__init__(on_lost)
         self.stats = stats
         self.to_server = to_server
-        self._on_lost = on_lost
-        self.lost = False
 
     def data_received(self, data: bytes) -> None:
         if self.to_server:
@@ -82,25 +79,6 @@ class _Pipe(asyncio.Protocol):
             self.stats.bytes_to_client += len(data)
         if self.peer is not None:
             self.peer.write(data)
-
-    def eof_received(self) -> bool | None:
-        if self.peer is not None and not self.peer.is_closing() and self.peer.can_write_eof():
-            self.peer.write_eof()
-        return False
-
-    def pause_writing(self) -> None:  # our transport's buffer is full: stop reading the peer
-        if self.peer is not None:
-            self.peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.peer is not None:
-            self.peer.close()
-        self._on_lost()
 
 
 class Listener:
