@@ -89,9 +89,10 @@ def _restore_failed(conn: Any, exc: Exception) -> None:
 
 
 @contextlib.contextmanager
-def _psycopg_settings(conn: Any, isolation: str | None, read_only: bool) -> Iterator[None]:
-    """Set them for one transaction; then put back the connection's own (before a pool hands it out again)."""
-    changes = _psycopg_changes(conn, isolation, read_only)
+def _attributes_set(conn: Any, changes: dict[str, Any]) -> Iterator[None]:
+    """Set ``changes`` on the connection for one transaction, then put back its own values; a connection
+    whose values cannot be put back is closed (never handed out stuck in read-only or another isolation
+    level). psycopg 3 and psycopg2 connections alike."""
     previous = {k: getattr(conn, k) for k in changes}
     for key, value in changes.items():
         setattr(conn, key, value)
@@ -101,9 +102,14 @@ def _psycopg_settings(conn: Any, isolation: str | None, read_only: bool) -> Iter
         try:
             for key, value in previous.items():
                 setattr(conn, key, value)
-        except Exception as exc:  # never hand out a connection stuck in read-only or another isolation level
+        except Exception as exc:
             _restore_failed(conn, exc)
             conn.close()
+
+
+def _psycopg_settings(conn: Any, isolation: str | None, read_only: bool) -> contextlib.AbstractContextManager[None]:
+    """Set them for one transaction; then put back the connection's own (before a pool hands it out again)."""
+    return _attributes_set(conn, _psycopg_changes(conn, isolation, read_only))
 
 
 @contextlib.asynccontextmanager
@@ -174,19 +180,8 @@ def _psycopg2_settings(conn: Any, isolation: str | None, read_only: bool) -> Ite
     if isolation:
         wanted["isolation_level"] = getattr(psycopg2.extensions,
                                             f"ISOLATION_LEVEL_{isolation.upper().replace(' ', '_')}")
-    changes = {k: v for k, v in wanted.items() if getattr(conn, k) != v}
-    previous = {k: getattr(conn, k) for k in changes}
-    for key, value in changes.items():
-        setattr(conn, key, value)
-    try:
+    with _attributes_set(conn, {k: v for k, v in wanted.items() if getattr(conn, k) != v}):
         yield
-    finally:
-        try:
-            for key, value in previous.items():
-                setattr(conn, key, value)
-        except Exception as exc:
-            _restore_failed(conn, exc)
-            conn.close()
 
 
 def _psycopg2_fetch(conn: Any, query: str, *params: Any) -> Any:
