@@ -481,3 +481,40 @@ def test_an_allowed_remote_address_is_warned_about(emulator: Emulator, fresh_reg
         proxy = build(ProxyConfig(address="0.0.0.0", allow_remote=True, settings=settings))  # builds, binds nothing
     assert [li.name for li in proxy.listeners] == [emulator.endpoint_name]
     assert "ANYONE WHO CAN REACH THIS PORT USES THE DATABASE AS THIS IDENTITY" in caplog.text
+
+
+def test_a_unix_socket_is_the_owners_alone_from_the_moment_it_exists(
+        emulator: Emulator, fresh_registries: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not 0755 until a chmod after the bind (another local user could connect in between)."""
+    import asyncio
+    import stat
+
+    from lakebase.proxy import ProxyConfig, build
+    from lakebase.proxy import server as proxy_server
+    from lakebase.settings import Settings
+
+    seen: list[int] = []
+    real_chmod = os.chmod
+
+    def chmod(path: str, mode: int) -> None:  # the mode the socket had before any chmod
+        seen.append(stat.S_IMODE(os.stat(path).st_mode))
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(proxy_server.os, "chmod", chmod)
+    proxy = build(ProxyConfig(unix_socket=str(tmp_path), settings=Settings(env=emulator.user_env,
+                                                                           token_refresh="lazy")))
+
+    async def bind() -> int:
+        listener = proxy.listeners[0]
+        await proxy._listen(listener)
+        mode = stat.S_IMODE(os.stat(listener.path).st_mode)
+        assert listener.server is not None
+        listener.server.close()
+        return mode
+
+    old = os.umask(0o022)  # a usual umask, whatever this process had
+    try:
+        assert asyncio.run(bind()) == 0o600
+    finally:
+        os.umask(old)
+    assert seen and all(mode & 0o077 == 0 for mode in seen), [oct(m) for m in seen]

@@ -143,9 +143,16 @@ class Proxy:
                 if _socket_in_use(listener.path):
                     raise OSError(f"{listener.path} is in use by another server")
                 os.unlink(listener.path)  # left over from a process that is gone
-            listener.server = await asyncio.start_unix_server(
-                lambda r, w: self._accept(listener, r, w), listener.path, backlog=512)
-            os.chmod(listener.path, 0o600)  # the socket is the identity: only its owner may connect
+            # The socket is the identity: only its owner may connect, from the moment it exists (a umask
+            # for the bind, not a chmod after it: other users could connect in between). Another thread's
+            # file made meanwhile only gets stricter permissions.
+            umask = os.umask(0o177)
+            try:
+                listener.server = await asyncio.start_unix_server(
+                    lambda r, w: self._accept(listener, r, w), listener.path, backlog=512)
+            finally:
+                os.umask(umask)
+            os.chmod(listener.path, 0o600)
             return
         from .config import port_free
 
