@@ -518,3 +518,16 @@ def test_a_unix_socket_is_the_owners_alone_from_the_moment_it_exists(
     finally:
         os.umask(old)
     assert seen and all(mode & 0o077 == 0 for mode in seen), [oct(m) for m in seen]
+
+
+def test_readiness_probes_do_not_keep_the_compute_awake(proxy: ProxyProcess, emulator: Emulator) -> None:
+    """Once the latest upstream login succeeded, /readiness logs in no more, however long after (a
+    sidecar's probe every 10 s would otherwise keep a scale-to-zero compute from ever suspending)."""
+    with connect(proxy, emulator) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    logins = emulator.stats()["logins_succeeded"]
+    time.sleep(10.5)  # past the 10 s after which a probe used to log in again
+    for _ in range(3):
+        status, body = proxy.http("/readiness")
+        assert status == 200, body
+    assert emulator.stats()["logins_succeeded"] == logins

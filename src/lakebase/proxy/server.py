@@ -36,7 +36,6 @@ from . import upstream
 log = logging.getLogger("lakebase.proxy")
 
 STARTUP_TIMEOUT = 30.0  # a client that sends no startup packet in this time is dropped
-READY_FRESH = 10.0  # a login this recent makes an endpoint ready without a probe
 
 
 @dataclass
@@ -51,6 +50,7 @@ class EndpointStats:
     protocol_errors: int = 0
     cancels_forwarded: int = 0
     last_login_ok: float = 0.0  # monotonic time of the last successful upstream login
+    last_login_failed: float = 0.0  # ... and of the last failed one (a client's or a readiness probe's)
 
 
 @dataclass(eq=False)
@@ -335,6 +335,7 @@ class Proxy:
             listener.stats.token_errors += 1
             reason = "no token"
         listener.stats.login_errors[reason] = listener.stats.login_errors.get(reason, 0) + 1
+        listener.stats.last_login_failed = time.monotonic()
         event(log, logging.WARNING, "proxy.login_failed", f"{listener.name}: a client's login failed: {exc}",
               endpoint=listener.name, reason=reason)
         if isinstance(cause, upstream.UpstreamError):
@@ -405,8 +406,10 @@ class Proxy:
 
     # ---- health ------------------------------------------------------------------------------------
     async def readiness(self, timeout: float = 5.0, token_timeout: float = 1.0) -> tuple[bool, list[str]]:
-        """Ready: every endpoint has a valid token and a recent successful login (probed when none is);
-        fewer open connections than --max-connections."""
+        """Ready: every endpoint has a valid token and its latest upstream login (a client's or a probe's)
+        succeeded; fewer open connections than --max-connections. A probe logs in only when there was no
+        successful login yet or the latest one failed: probes every few seconds (a sidecar's) must not
+        keep a scale-to-zero compute awake."""
         problems: list[str] = []
         limit = self.config.max_connections
         if not self.started or self.draining:
@@ -421,10 +424,12 @@ class Proxy:
                 except Exception as exc:
                     problems.append(f"{listener.name}: no valid token: {exc}")
                     continue
-            if time.monotonic() - listener.stats.last_login_ok > READY_FRESH and not problems:
+            stats = listener.stats
+            if (not stats.last_login_ok or stats.last_login_failed >= stats.last_login_ok) and not problems:
                 try:
                     await asyncio.wait_for(self.probe(listener), timeout)
                 except Exception as exc:
+                    stats.last_login_failed = time.monotonic()
                     problems.append(f"{listener.name}: login failed: {exc}")
         return not problems, problems
 
