@@ -71,6 +71,23 @@ ENV_NAMES = ("ENDPOINT_NAME",)
 TARGET_NAMES = ("ENDPOINT_NAME", "PGENDPOINT", "LAKEBASE_ENDPOINT", "LAKEBASE_INSTANCE_NAME", "PGHOST",
                 "PGHOSTADDR")
 NO_CONFIG_FILE = "/nonexistent/lakebase-testing/databrickscfg"
+# Variables whose values are secrets (DATABRICKS_TOKEN, DATABRICKS_CLIENT_SECRET, PGPASSWORD, ...).
+SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD")
+
+
+class SecretValue(str):
+    """A secret's value, itself everywhere (os.environ, subprocess, comparisons) but in its repr: a
+    failing assertion on the fixture's dict, or ``--showlocals``, must not print a real workspace's PAT."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'[REDACTED]'"
+
+
+def masked(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the values of its secret variables as :class:`SecretValue`."""
+    return {k: SecretValue(v) if any(m in k.upper() for m in SECRET_MARKERS) else v for k, v in env.items()}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -308,7 +325,7 @@ def lakebase_env(request: pytest.FixtureRequest, _lakebase_target: Target,
     clear_env(monkeypatch, None if _lakebase_target.is_workspace else NO_CONFIG_FILE)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return env
+    return masked(env)
 
 
 def _use_env(request: pytest.FixtureRequest) -> dict[str, str]:
@@ -374,7 +391,7 @@ def lakebase_app_env(request: pytest.FixtureRequest, _lakebase_target: Target,
         _lakebase_target.granted.add(key)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return env
+    return masked(env)
 
 
 class Faults:

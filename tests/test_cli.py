@@ -6,9 +6,11 @@ commands run in-process with click's CliRunner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -24,6 +26,7 @@ from lakebase.cli import main
 from lakebase.emulator.supervise import clean_environment
 
 from .apps_support import ensure_app_schema, free_port, owner_sql
+from .lakebase_support import wait_for
 
 COMMANDS = [[], ["emulator"], ["emulator", "start"], ["demo"], ["init-schema"], ["doctor"], ["psql"], ["token"],
             ["env"]]
@@ -200,6 +203,34 @@ def test_psql_missing_names_the_fix(user_env: dict[str, str], monkeypatch: pytes
 def test_psql_exit_code_is_psql_s(emulator: Any, psql_binary: str) -> None:
     result = run_cli(emulator.user_env, "psql", "--", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select 1/0")
     assert result.returncode != 0 and "division by zero" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_psql_ended_by_a_signal_removes_its_passfile(emulator: Any, psql_binary: str, tmp_path: Path,
+                                                     signum: int) -> None:
+    """A closed terminal (SIGHUP) or a kill (SIGTERM) ended lakebase psql without its cleanup: the
+    passfile, a valid token, stayed on disk."""
+    marker = tmp_path / "passfile"
+    command = f'\\! echo "$PGPASSFILE" > {marker}.tmp && mv {marker}.tmp {marker} && sleep 60'
+    env = clean_environment({**emulator.user_env, "DATABRICKS_CONFIG_FILE": "/nonexistent/databrickscfg"})
+    proc = subprocess.Popen([sys.executable, "-m", "lakebase", "psql", "--", "-XAt", "-c", command], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group: psql and sleep are ended with it
+    try:
+        wait_for(lambda: marker.exists() or proc.poll() is not None, timeout=60)
+        assert marker.exists(), proc.communicate(timeout=30)[1]
+        passfile = Path(marker.read_text().strip())
+        assert passfile.exists()  # psql is connected and running
+        os.kill(proc.pid, signum)
+        proc.wait(timeout=30)
+        assert proc.returncode == 128 + signum
+        assert not passfile.parent.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 # ---- init-schema ----------------------------------------------------------------------------------------

@@ -360,6 +360,42 @@ def test_run_transaction_reruns_a_unit_whose_connection_was_lost(app: None, emul
     assert owner_sql(emulator, "SELECT id FROM notes WHERE content = %s", (marker,)) == [(note_id,)]
 
 
+@pytest.mark.parametrize("alias", ["direct", "pooled"])
+def test_run_transaction_reruns_a_unit_whose_commit_lost_its_connection(app: None, emulator: Any,
+                                                                        alias: str) -> None:
+    """The session ends during COMMIT (a deferred trigger ends it; the server rolls back): Django's
+    atomic() closes the connection, the outcome is looked up on a new one, and the unit runs again."""
+    from django.db import connections
+
+    from lakebase.django import run_transaction
+
+    table = f"dj_{os.urandom(4).hex()}"
+    with connections[alias].cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, note text)")
+        cur.execute(f"""CREATE FUNCTION {table}_die() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN
+                            IF NEW.note = 'die' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+                            RETURN NULL;
+                        END $$""")
+        cur.execute(f"CREATE CONSTRAINT TRIGGER {table}_die AFTER INSERT ON {table} DEFERRABLE INITIALLY "
+                    f"DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_die()")
+    attempts: list[int] = []
+
+    def unit() -> int:
+        attempts.append(1)
+        with connections[alias].cursor() as cur:
+            cur.execute(f"INSERT INTO {table} (note) VALUES (%s)", ["die" if len(attempts) == 1 else "ok"])
+        return len(attempts)
+
+    try:
+        assert run_transaction(unit, using=alias) == 2
+        assert request(alias, f"SELECT string_agg(note, ',') FROM {table}") == "ok"
+    finally:
+        with connections[alias].cursor() as cur:
+            cur.execute(f"DROP TABLE {table}")
+            cur.execute(f"DROP FUNCTION {table}_die()")
+
+
 def test_run_transaction_reruns_a_serialization_failure(app: None, emulator: Any) -> None:
     from django.db import connections
 

@@ -159,6 +159,21 @@ def test_open_connection_is_the_driver_adapters_entry_point(emulator: Emulator, 
     asyncio.run(main())
 
 
+def test_a_conninfo_keyword_is_checked_like_the_conninfo_argument(emulator: Emulator,
+                                                                  user_env: dict[str, str]) -> None:
+    """``conninfo=`` as a keyword (``connect_args``, a pool's ``kwargs``, Django's OPTIONS) reached
+    psycopg's connect unchecked: its password was not refused, its settings silently overridden."""
+    connector = get_connector()
+    attempts = connector.stats()["connect"].get("attempts", 0)
+    for conninfo, refusal in (("password=hunter2", "lakebase sets the password"),
+                              ("sslmode=disable", "Lakebase requires TLS")):
+        with pytest.raises(ConfigurationError, match=refusal):
+            lakebase.psycopg.open_connection(connector, conninfo=conninfo)
+    assert connector.stats()["connect"].get("attempts", 0) == attempts  # no refusal reached the server
+    with lakebase.psycopg.open_connection(connector, conninfo="application_name=conninfo-keyword") as conn:
+        assert conn.info.parameter_status("application_name") == "conninfo-keyword"
+
+
 def test_no_workspace_auth_is_a_clear_error(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ENDPOINT_NAME", "projects/p/branches/b/endpoints/e")
     with pytest.raises(ConfigurationError) as info:

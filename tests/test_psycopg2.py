@@ -79,6 +79,29 @@ def test_a_password_or_plaintext_is_refused(emulator: Emulator, user_env: dict[s
     assert get_connector().stats()["connect"].get("attempts", 0) == before  # nothing reached the server
 
 
+def test_a_dsn_keyword_is_checked_like_the_dsn_argument(emulator: Emulator, user_env: dict[str, str]) -> None:
+    """``dsn=`` as a keyword (``connect_args``, Django's OPTIONS) reached psycopg2.connect unchecked: its
+    password was not refused and the target's arguments silently overrode its settings."""
+    before = get_connector().stats()["connect"].get("attempts", 0)
+    for dsn, refusal in (("password=hunter2", "lakebase sets the password"),
+                         ("sslmode=disable", "Lakebase requires TLS")):
+        engine = create_engine(driver="psycopg2", connect_args={"dsn": dsn})
+        try:
+            with pytest.raises(ConfigurationError, match=refusal) as info:
+                engine.connect()
+            assert "hunter2" not in str(info.value)
+        finally:
+            engine.dispose()
+        with pytest.raises(ConfigurationError, match=refusal):
+            lakebase.psycopg2.open_connection(get_connector(), dsn=dsn)
+    assert get_connector().stats()["connect"].get("attempts", 0) == before  # nothing reached the server
+    conn = lakebase.psycopg2.open_connection(get_connector(), dsn="application_name=dsn-keyword")
+    try:
+        assert scalar(conn, "SELECT current_setting('application_name')") == "dsn-keyword"
+    finally:
+        conn.close()
+
+
 def test_tokens_expiring_between_connections_are_invisible(emulator: Emulator, app_env: dict[str, str]) -> None:
     """Short-lived tokens: each new connection logs in with a valid one; an open connection outlives its token."""
     emulator.configure(token_ttl_seconds=2)

@@ -171,6 +171,27 @@ def test_each_fixture_on_the_sessions_emulator(inner: pytest.Pytester, emulator:
     assert not any(key.startswith(("DATABRICKS_", "PG")) for key in os.environ)
 
 
+def test_no_pat_or_client_secret_in_the_output_of_failing_tests(inner: pytest.Pytester, emulator: Emulator,
+                                                                app_role: str) -> None:
+    """The fixtures return the variables they set: pytest printed them (a PAT, on a real workspace the
+    developer's or CI's) in an assertion's explanation and with --showlocals."""
+    inner.makepyfile(test_inner="""
+        def test_owner(lakebase_env):
+            env = lakebase_env
+            assert "NOT_SET" in env
+
+        def test_app(lakebase_app_env):
+            assert lakebase_app_env == {}
+    """)
+    result = inner.runpytest(*PLUGIN, "--lakebase-emulator", str(emulator.data_dir), "-p", "no:cacheprovider",
+                             "--showlocals", "-vv")
+    result.assert_outcomes(failed=2)
+    output = result.stdout.str() + result.stderr.str()
+    assert "DATABRICKS_TOKEN" in output and "DATABRICKS_CLIENT_SECRET" in output  # the dicts were shown
+    secrets = [emulator.user_env["DATABRICKS_TOKEN"], emulator.app_env["DATABRICKS_CLIENT_SECRET"]]
+    assert not [s for s in secrets if s in output]
+
+
 def test_attaching_to_a_directory_without_an_emulator_names_the_fix(inner: pytest.Pytester, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     inner.makepyfile(test_inner="def test_it(lakebase_env):\n    pass\n")

@@ -686,14 +686,19 @@ class PassfileRefresher:
 
     libpq reads the passfile on every connection attempt, so psql's ``\\c`` and reconnects after a
     restart keep working for longer than one token lives. The file is 0600 in a 0700 directory and
-    removed when done.
+    removed when done, also when this process is ended by SIGTERM or SIGHUP (a closed terminal): while
+    it exists, those raise :class:`SystemExit` (where nobody handles them already) so that it is removed.
     """
+
+    #: Signals that would end the process without removing the file (SIGINT already raises).
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self, conn: Any, env: dict[str, str], interval: float = 30.0) -> None:
         self.conn, self.env, self.max_interval = conn, env, interval
         self.dir = tempfile.mkdtemp(prefix="lakebase-psql-")
         self.path = Path(self.dir) / "pgpass"
         self._stop = threading.Event()
+        self._handlers: dict[int, Any] = {}  # the signal handlers replaced while the file exists
         self._written: str | None = None
         self._thread = threading.Thread(target=self._run, name="lakebase-passfile", daemon=True)
 
@@ -719,14 +724,29 @@ class PassfileRefresher:
             with contextlib.suppress(Exception):  # the cached token stays valid; retried next round
                 self.write()
 
+    @staticmethod
+    def _exit_on_signal(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
     def __enter__(self) -> PassfileRefresher:
-        self.write()
-        self._thread.start()
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is signal.SIG_DFL:
+                    self._handlers[signum] = signal.signal(signum, self._exit_on_signal)
+        try:
+            self.write()
+            self._thread.start()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         shutil.rmtree(self.dir, ignore_errors=True)
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers.clear()
 
 
 # What the workspace's unified auth reads (PATs, client secrets, cloud credentials): a libpq tool needs

@@ -52,6 +52,11 @@ POOL_DEFAULTS: dict[str, Any] = {
 
 def _params(target: Target, hostaddr: str | None, conninfo: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Ours, then the caller's conninfo, then the caller's keyword arguments; the password stays ours."""
+    if "conninfo" in kwargs:  # conninfo= as a keyword (connect_args, a pool's kwargs, Django's OPTIONS)
+        if conninfo:
+            raise TypeError("got a conninfo both as an argument and as conninfo=")
+        kwargs = dict(kwargs)
+        conninfo = kwargs.pop("conninfo") or ""
     return libpq_connect_params(target, hostaddr, {**(conninfo_to_dict(conninfo) if conninfo else {}), **kwargs})
 
 

@@ -49,6 +49,10 @@ def open_connection(connector: Connector, dsn: str = "", /, **kwargs: Any) -> ps
     :func:`connect` and ``lakebase.sqlalchemy.create_engine(driver="psycopg2")`` open theirs here.
     """
     factories = {k: kwargs.pop(k) for k in ("connection_factory", "cursor_factory") if k in kwargs}
+    if "dsn" in kwargs:  # dsn= as a keyword (connect_args, Django's OPTIONS): checked like the positional one
+        if dsn:
+            raise TypeError("open_connection() got a dsn both as an argument and as dsn=")
+        dsn = kwargs.pop("dsn") or ""
     target = connector.prepare()
     given = {**(psycopg2.extensions.parse_dsn(dsn) if dsn else {}), **kwargs}
     params = libpq_connect_params(target, hostaddr_for(target.host, target.port), given)
