@@ -181,9 +181,12 @@ class EndpointTokenSource(_ApiTokenSource):
     """Lakebase Autoscaling: ``w.postgres.generate_database_credential(endpoint=...)``.
 
     The token is workspace-scoped, so one source serves every endpoint its identity uses (``add``). It
-    mints with the endpoint added last; when that one is gone (404: a deleted branch or endpoint) it
-    forgets it and mints with the one before, so connections to endpoints that still exist keep working.
+    mints with the endpoint added last; when the API refuses that one (404: a deleted branch or endpoint;
+    403: a project the identity may not use) it forgets it and mints with the one before, so connections
+    to the endpoints that remain keep working. It remembers the last ``MAX_ENDPOINTS``.
     """
+
+    MAX_ENDPOINTS = 8
 
     def __init__(self, apis: _sdk.BoundedApis, endpoint: str) -> None:
         super().__init__(apis, f"endpoint {endpoint}")
@@ -202,6 +205,7 @@ class EndpointTokenSource(_ApiTokenSource):
                 if endpoint in self._endpoints:
                     self._endpoints.remove(endpoint)
                 self._endpoints.append(endpoint)
+                del self._endpoints[:-self.MAX_ENDPOINTS]
             self.describe = f"endpoint {endpoint}"
 
     def _forget(self, endpoint: str) -> bool:
@@ -220,7 +224,7 @@ class EndpointTokenSource(_ApiTokenSource):
             try:
                 response = self.apis.call(api.generate_database_credential, endpoint=endpoint)
             except Exception as exc:
-                if _sdk.http_status(_sdk.root_cause(exc)) == 404 and self._forget(endpoint):
+                if _sdk.http_status(_sdk.root_cause(exc)) in (403, 404) and self._forget(endpoint):
                     continue
                 raise
             break
