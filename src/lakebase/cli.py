@@ -808,9 +808,10 @@ def psql(psql_args: tuple[str, ...]) -> None:
 @click.option("--unix-socket", type=click.Path(file_okay=False, exists=True), default=None, metavar="DIR",
               help="Listen on Unix sockets in DIR (DIR/.s.PGSQL.<port>, libpq's host=DIR port=<port>) instead of TCP.")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve GET /startup, /liveness, /readiness (200: every endpoint has a valid token and a working "
-                   "login, and fewer than --max-connections are open), /metrics (Prometheus: connections, bytes, "
-                   "login and token errors, token age) and POST /quitquitquit (as SIGTERM) on 127.0.0.1 here.")
+              help="Serve GET /startup, /liveness, /readiness (200: every endpoint has a valid token and its latest "
+                   "upstream login succeeded, and fewer than --max-connections are open), /metrics "
+                   "(Prometheus: connections, bytes, login and token errors, token age) and POST /quitquitquit "
+                   "(as SIGTERM) on 127.0.0.1 here.")
 @click.option("--allow-remote", is_flag=True,
               help="Allow a non-loopback --address: anyone who reaches the port acts as your identity.")
 @click.option("--max-connections", type=click.IntRange(0), default=0, show_default=True,

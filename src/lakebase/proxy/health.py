@@ -2,8 +2,10 @@
 
 * ``GET /startup``: 200 once every listener is up (the first logins may still be ahead);
 * ``GET /liveness``: 200 while the proxy's event loop answers (a stuck proxy should be restarted);
-* ``GET /readiness``: 200 when every endpoint has a valid token and a successful login (a recent one,
-  or a probe made now) and fewer connections than ``--max-connections`` are open; 503 with the reasons;
+* ``GET /readiness``: 200 when every endpoint has a valid token and its latest upstream login succeeded
+  (a probe logs in only when none has yet, or the latest failed: frequent probes do not keep a
+  scale-to-zero compute awake) and fewer connections than ``--max-connections`` are open; 503 with the
+  reasons;
 * ``GET /metrics``: Prometheus text format (prometheus-client);
 * ``POST /quitquitquit``: shut down as on SIGTERM (for sidecars whose main container is done).
 
