@@ -338,7 +338,7 @@ def test_a_slow_wake_up_is_retried(emulator: Emulator, app_env: dict[str, str]) 
 def test_the_token_api_down_on_a_cold_cache(emulator: Emulator, user_env: dict[str, str]) -> None:
     emulator.credential_outage(120, status=503)
     with pytest.raises(CredentialsUnavailable) as info:
-        lakebase.connect(connect_deadline=1, api_timeout=1)
+        lakebase.connect(connect_deadline=5, api_timeout=5)  # room for a loaded machine: the 503 comes at once
     assert "TemporarilyUnavailable (HTTP 503)" in str(info.value) and "no token is cached" in str(info.value)
     end_outage(emulator)
     # It recovers by itself: the next connect succeeds once the backoff allows an attempt.
@@ -450,7 +450,7 @@ def test_a_pool_that_cannot_connect_says_why(emulator: Emulator, clean_env: pyte
 
 def test_a_pool_with_the_token_api_down_says_so(emulator: Emulator, user_env: dict[str, str]) -> None:
     emulator.credential_outage(120, status=503)
-    with lakebase.ConnectionPool(credentials=fresh_cache(emulator, api_timeout=1), connect_deadline=1,
+    with lakebase.ConnectionPool(credentials=fresh_cache(emulator, api_timeout=5), connect_deadline=5,
                                  min_size=1, timeout=2, open=True) as pool:
         wait_for(lambda: pool._last_error.error is not None)
         with pytest.raises(lakebase.PoolTimeout) as info:

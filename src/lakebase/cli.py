@@ -122,8 +122,10 @@ def emulator() -> None:
     """A local Lakebase: real Postgres behind a TLS token-checking proxy and a Databricks-compatible API."""
 
 
-def _wait_for_signal(stop: threading.Event, poll: Callable[[], bool] | None = None) -> None:
-    """Block until SIGINT/SIGTERM/SIGHUP (or ``poll()`` returns True)."""
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT/SIGTERM/SIGHUP, installed before anything starts: a signal that comes
+    while the emulator starts (once its env files exist, a supervisor may send one) stops it cleanly."""
+    stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
@@ -131,6 +133,11 @@ def _wait_for_signal(stop: threading.Event, poll: Callable[[], bool] | None = No
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGHUP, handler)
+    return stop
+
+
+def _wait_for_signal(stop: threading.Event, poll: Callable[[], bool] | None = None) -> None:
+    """Block until a signal set ``stop`` (``_stop_on_signals``) or ``poll()`` returns True."""
     while not stop.wait(0.5):
         if poll is not None and poll():
             return
@@ -222,8 +229,8 @@ def emulator_start(data_dir: str, api_port: int, pg_port: int | None, token_ttl:
     When ready it writes DIR/user.env (the project owner, with a PAT) and DIR/app.env (the app's
     service principal, OAuth M2M) and prints them.
     """
+    stop = _stop_on_signals()
     emu = start_emulator(data_dir, api_port, pg_port, token_ttl)
-    stop = threading.Event()
     try:
         print_emulator_env(emu)
         sys.stdout.flush()
@@ -295,7 +302,7 @@ def demo(data_dir: str, port: int, workers: int, pg_port: int | None, token_ttl:
     app_dir = find_app_dir()
     emu = start_emulator(data_dir, 0, pg_port, token_ttl)
     gunicorn: subprocess.Popen[bytes] | None = None
-    stop = threading.Event()
+    stop = _stop_on_signals()
     try:
         with progress("creating the app's role, grants and notes table as the project owner", always=True):
             result = subprocess.run(
