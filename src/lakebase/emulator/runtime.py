@@ -231,7 +231,7 @@ class Runtime:
     async def role_info(self, role: str, cached: bool = True, endpoint: Endpoint | None = None) -> RoleInfo | None:
         """The role on the branch of ``endpoint`` (default: the default branch)."""
         branch = DEFAULT_BRANCH if endpoint is None else endpoint.branch_id
-        server = None if branch == DEFAULT_BRANCH else await self.branches.ready(branch)
+        server = await self.branch_server(branch)
         now = time.monotonic()
         hit = self._role_cache.get((branch, role))
         if cached and hit and now - hit[0] < 2.0:
@@ -328,7 +328,7 @@ class Runtime:
         """The role's login flag, password verifier and VALID UNTIL, from ``pg_authid`` on the branch of
         ``endpoint`` (default: the default branch); None: no such role."""
         branch = DEFAULT_BRANCH if endpoint is None else endpoint.branch_id
-        server = None if branch == DEFAULT_BRANCH else await self.branches.ready(branch)
+        server = await self.branch_server(branch)
         rows = await self.admin_query(
             "SELECT rolcanlogin, rolpassword, rolvaliduntil::text, rolvaliduntil <= now() FROM pg_authid "
             "WHERE rolname = %s", (role,), server=server)  # as text: VALID UNTIL 'infinity' is no Python datetime
