@@ -90,6 +90,18 @@ def check_arguments(given: Mapping[str, Any], where: str = "the connection argum
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
+def connection_string(given: str, kwargs: Mapping[str, Any], keyword: str) -> tuple[str, dict[str, Any]]:
+    """The caller's libpq connection string, whether given as the argument or as ``keyword=`` (what
+    ``connect_args``, a pool's ``kwargs`` or Django's ``OPTIONS`` pass), and the other keyword arguments:
+    checked alike, never passed through unchecked."""
+    rest = dict(kwargs)
+    if keyword not in rest:
+        return given, rest
+    if given:
+        raise TypeError(f"got a {keyword} both as an argument and as {keyword}=")
+    return rest.pop(keyword) or "", rest
+
+
 def libpq_params(target: Target, hostaddr: str | None = None) -> dict[str, Any]:
     """The connection parameters of ``target`` for libpq/psycopg, without the password."""
     params: dict[str, Any] = {

@@ -33,7 +33,7 @@ with requires_extra("psycopg", __name__):
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool.base import BasePool
 
-from ._adapter import libpq_connect_params, libpq_connect_timeout, libpq_params, split_settings
+from ._adapter import connection_string, libpq_connect_params, libpq_connect_timeout, libpq_params, split_settings
 from ._liveness import CLOSED, QUIET, psycopg_state
 from ._redact import redact, safe_conninfo
 from .connector import Connector, get_connector
@@ -52,11 +52,7 @@ POOL_DEFAULTS: dict[str, Any] = {
 
 def _params(target: Target, hostaddr: str | None, conninfo: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Ours, then the caller's conninfo, then the caller's keyword arguments; the password stays ours."""
-    if "conninfo" in kwargs:  # conninfo= as a keyword (connect_args, a pool's kwargs, Django's OPTIONS)
-        if conninfo:
-            raise TypeError("got a conninfo both as an argument and as conninfo=")
-        kwargs = dict(kwargs)
-        conninfo = kwargs.pop("conninfo") or ""
+    conninfo, kwargs = connection_string(conninfo, kwargs, "conninfo")
     return libpq_connect_params(target, hostaddr, {**(conninfo_to_dict(conninfo) if conninfo else {}), **kwargs})
 
 

@@ -34,7 +34,7 @@ with requires_extra("psycopg2", __name__):
     import psycopg2
     import psycopg2.extensions
 
-from ._adapter import libpq_connect_params, libpq_connect_timeout, split_settings
+from ._adapter import connection_string, libpq_connect_params, libpq_connect_timeout, split_settings
 from .connector import Connector, get_connector
 from .credentials import CredentialCache
 from .endpoints import hostaddr_for
@@ -49,10 +49,7 @@ def open_connection(connector: Connector, dsn: str = "", /, **kwargs: Any) -> ps
     :func:`connect` and ``lakebase.sqlalchemy.create_engine(driver="psycopg2")`` open theirs here.
     """
     factories = {k: kwargs.pop(k) for k in ("connection_factory", "cursor_factory") if k in kwargs}
-    if "dsn" in kwargs:  # dsn= as a keyword (connect_args, Django's OPTIONS): checked like the positional one
-        if dsn:
-            raise TypeError("open_connection() got a dsn both as an argument and as dsn=")
-        dsn = kwargs.pop("dsn") or ""
+    dsn, kwargs = connection_string(dsn, kwargs, "dsn")
     target = connector.prepare()
     given = {**(psycopg2.extensions.parse_dsn(dsn) if dsn else {}), **kwargs}
     params = libpq_connect_params(target, hostaddr_for(target.host, target.port), given)
